@@ -1,0 +1,234 @@
+"""A LLaMA-style decoder-only transformer in Flax NNX, used functionally.
+
+    model = Transformer(config.model, rngs=nnx.Rngs(0))
+    graphdef, params = split(model)            # params: a plain dict of arrays
+    logits_BTV = nnx.merge(graphdef, params)(tokens_BT)
+
+Token embedding (tied or untied) -> num_layers blocks -> final norm -> LM head.
+A block is attention (RoPE, optional grouped-query heads and QK-norm) and an MLP
+(SwiGLU or GELU), each a residual branch with its own norm. The blocks' parameters
+are stacked on a leading `layers` axis; the forward pass runs them under
+`lax.scan` (compile time independent of depth) or unrolled, from the same
+parameters, so checkpoints do not depend on the mode.
+
+Names carry shapes: B batch, T query positions, S key positions, D d_model,
+H query heads, G kv heads, R = H/G heads per kv head, K head_dim, F mlp_dim,
+V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtrain import config as cfg_lib
+from jaxtrain.sharding import constrain
+
+
+def matmul(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  """The one dot product of every linear layer: an einsum in the compute dtype."""
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
+
+
+class Linear(nnx.Module):
+  """A weight of any rank applied by an einsum, e.g. 'btd,dhk->bthk'."""
+
+  def __init__(self, eq, shape, axes, *, std, m, rngs):
+    self.eq, self.dtype = eq, jnp.dtype(m.compute_dtype)
+    w = std * jax.random.normal(rngs.params(), shape, jnp.dtype(m.param_dtype))
+    self.w = nnx.Param(w, axes=axes)
+
+  def __call__(self, x):
+    return matmul(self.eq, x, self.w[...], self.dtype)
+
+
+class Norm(nnx.Module):
+  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+
+  def __init__(self, dim, *, kind, eps, m, axis_name="embed"):
+    self.kind, self.eps = kind, eps
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.dtype(m.param_dtype)), axes=(axis_name,))
+    if kind == "layernorm":
+      self.bias = nnx.Param(jnp.zeros((dim,), jnp.dtype(m.param_dtype)), axes=(axis_name,))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    if self.kind == "layernorm":
+      x32 = x32 - x32.mean(-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps) * self.scale[...]
+    if self.kind == "layernorm":
+      y = y + self.bias[...]
+    return y.astype(x.dtype)
+
+
+def rope(x_BTNK: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) at positions 0..T-1."""
+  T, K = x_BTNK.shape[1], x_BTNK.shape[-1]
+  freq_k = theta ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)
+  angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * freq_k[None, :]
+  sin, cos = jnp.sin(angle_TK)[None, :, None, :], jnp.cos(angle_TK)[None, :, None, :]
+  x1, x2 = jnp.split(x_BTNK.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BTNK.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head attention with grouped-query heads, RoPE and optional QK-norm."""
+
+  def __init__(self, m, *, out_std, rngs):
+    D, H, G, K = m.d_model, m.num_heads, cfg_lib.num_kv_heads(m), cfg_lib.head_dim(m)
+    self.m = m
+    self.wq = Linear("btd,dhk->bthk", (D, H, K), ("embed", "heads", None), std=m.init_std, m=m, rngs=rngs)
+    self.wk = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs)
+    self.wv = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs)
+    self.wo = Linear("bthk,hkd->btd", (H, K, D), ("heads", None, "embed"), std=out_std, m=m, rngs=rngs)
+    if m.qk_norm:
+      self.q_norm = Norm(K, kind=m.norm, eps=m.norm_eps, m=m, axis_name=None)
+      self.k_norm = Norm(K, kind=m.norm, eps=m.norm_eps, m=m, axis_name=None)
+
+  def __call__(self, x_BTD):
+    m = self.m
+    q_BTHK = constrain(self.wq(x_BTD), ("batch", None, "heads", None))
+    k_BTGK = constrain(self.wk(x_BTD), ("batch", None, "kv_heads", None))
+    v_BTGK = constrain(self.wv(x_BTD), ("batch", None, "kv_heads", None))
+    if m.qk_norm:
+      q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
+    q_BTHK, k_BTGK = rope(q_BTHK, m.rope_theta), rope(k_BTGK, m.rope_theta)
+    if m.attention == "cudnn":
+      out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True, implementation="cudnn")
+      return self.wo(out_BTHK)
+    B, T, H, K = q_BTHK.shape
+    G = k_BTGK.shape[2]
+    q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
+    logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK).astype(jnp.float32) * K**-0.5
+    causal_TS = jnp.tril(jnp.ones((T, T), bool))
+    logits_BGRTS = jnp.where(causal_TS, logits_BGRTS, jnp.finfo(jnp.float32).min)
+    probs_BGRTS = jax.nn.softmax(logits_BGRTS, axis=-1).astype(v_BTGK.dtype)
+    out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs_BGRTS, v_BTGK)
+    return self.wo(out_BTGRK.reshape(B, T, H, K))
+
+
+class Mlp(nnx.Module):
+  """SwiGLU (down(silu(gate x) * up x)) or GELU (down(gelu(up x)))."""
+
+  def __init__(self, m, *, out_std, rngs):
+    D, F = m.d_model, cfg_lib.mlp_dim(m)
+    self.kind = m.mlp
+    self.up = Linear("btd,df->btf", (D, F), ("embed", "mlp"), std=m.init_std, m=m, rngs=rngs)
+    if m.mlp == "swiglu":
+      self.gate = Linear("btd,df->btf", (D, F), ("embed", "mlp"), std=m.init_std, m=m, rngs=rngs)
+    self.down = Linear("btf,fd->btd", (F, D), ("mlp", "embed"), std=out_std, m=m, rngs=rngs)
+
+  def __call__(self, x_BTD):
+    if self.kind == "swiglu":
+      h_BTF = jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD)
+    else:
+      h_BTF = jax.nn.gelu(self.up(x_BTD))
+    return self.down(constrain(h_BTF, ("batch", None, "mlp")))
+
+
+class Block(nnx.Module):
+  """One transformer layer. `__call__` is where the norms and residuals are wired."""
+
+  def __init__(self, m, *, rngs):
+    out_std = m.init_std / (2 * m.num_layers) ** 0.5  # GPT-2: residual branches' last matmul shrinks with depth
+    self.attn_norm = Norm(m.d_model, kind=m.norm, eps=m.norm_eps, m=m)
+    self.attn = Attention(m, out_std=out_std, rngs=rngs)
+    self.mlp_norm = Norm(m.d_model, kind=m.norm, eps=m.norm_eps, m=m)
+    self.mlp = Mlp(m, out_std=out_std, rngs=rngs)
+
+  def __call__(self, x_BTD, layer):
+    """`layer` (0-based, traced under scan) lets the wiring differ per layer."""
+    del layer  # Pre-LN: the same in every layer.
+    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD))
+    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
+    return constrain(x_BTD, ("batch", None, None))
+
+
+_REMAT = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nnx.Module):
+  """The language model: tokens_BT -> logits_BTV."""
+
+  def __init__(self, m, *, rngs: nnx.Rngs):
+    self.m = m
+    V, D = m.vocab_size, m.d_model
+    self.embed = nnx.Param(
+        m.init_std * jax.random.normal(rngs.params(), (V, D), jnp.dtype(m.param_dtype)), axes=("vocab", "embed"))
+
+    @nnx.split_rngs(splits=m.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_blocks(rngs):
+      return Block(m, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = Norm(D, kind=m.norm, eps=m.norm_eps, m=m)
+    if not m.tie_embeddings:
+      self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs)
+
+  def __call__(self, tokens_BT):
+    return self.logits(self.hidden(tokens_BT))
+
+  def hidden(self, tokens_BT):
+    """The final-norm input: the residual stream after the last block."""
+    m = self.m
+    x_BTD = self.embed[...][tokens_BT].astype(m.compute_dtype)
+    x_BTD = constrain(x_BTD, ("batch", None, None))
+    block_def, block_params = nnx.split(self.blocks)
+
+    def apply_block(x_BTD, params_and_layer):
+      params, layer = params_and_layer
+      return nnx.merge(block_def, params)(x_BTD, layer), None
+
+    if m.remat != "none":
+      apply_block = jax.checkpoint(apply_block, policy=_REMAT[m.remat], prevent_cse=not m.scan_layers)
+    if m.scan_layers:
+      x_BTD, _ = jax.lax.scan(apply_block, x_BTD, (block_params, jnp.arange(m.num_layers)))
+    else:
+      for l in range(m.num_layers):
+        x_BTD, _ = apply_block(x_BTD, (jax.tree.map(lambda a: a[l], block_params), l))
+    return x_BTD
+
+  def logits(self, x_BTD):
+    """The output head: final norm, then the (tied or untied) unembedding."""
+    x_BTD = self.final_norm(x_BTD)
+    if self.m.tie_embeddings:
+      logits_BTV = matmul("btd,vd->btv", x_BTD, self.embed[...], jnp.dtype(self.m.compute_dtype))
+    else:
+      logits_BTV = self.head(x_BTD)
+    return constrain(logits_BTV, ("batch", None, "vocab"))
+
+
+# ---------------------------------------------------------------- functional use
+
+
+def split(model: Transformer):
+  """(graphdef, params) with params a plain nested dict of arrays."""
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def abstract(m):
+  """(graphdef, params as ShapeDtypeStructs, logical axes of each param), with no memory used."""
+  model = nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+
+  def axes_of(v):
+    axes = v.get_metadata()["axes"]
+    return ("layers",) * (v.value.ndim - len(axes)) + tuple(axes)  # stacked blocks gain a layers axis
+
+  axes = jax.tree.map(axes_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
+
+
+def init(m, key: jax.Array):
+  """Fresh parameters (plain dict) from a PRNG key; jit it with out_shardings to place them."""
+  return split(Transformer(m, rngs=nnx.Rngs(key)))[1]
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

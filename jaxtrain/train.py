@@ -1,0 +1,276 @@
+"""The training loop: a config and a work directory in, checkpoints and metrics out.
+
+It reads top to bottom in execution order: set up, check the config, build the
+mesh, data, model and optimizer, compile the steps, restore or initialize, loop,
+finish. The train step is a pure function `(state, batch) -> (state, metrics)`
+over a plain-dict pytree, jitted once with explicit shardings and donation.
+
+Resume order: 1. the newest readable checkpoint in <workdir>/checkpoints (an
+unreadable one is set aside, the one before is used); 2. a fresh start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxtrain import checkpoint, data, flops, losses, model, optim, sharding
+from jaxtrain import config as cfg_lib
+from jaxtrain.metrics import MetricWriter
+
+log = logging.getLogger("jaxtrain")
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient became NaN or Inf; the message names the step and the metric."""
+
+
+# ---------------------------------------------------------------- the steps (pure functions)
+
+
+def make_state_fn(config, tx):
+  """init_state(key) -> the train state: a plain dict pytree."""
+
+  def init_state(key):
+    params = model.init(config.model, key)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+  return init_state
+
+
+def make_train_step(config, graphdef, tx, lr_schedule):
+  """train_step(state, batch) -> (state, metrics), with gradient accumulation over microbatches."""
+  t = config.train
+  num_micro = t.microbatches
+
+  def loss_fn(params, batch):
+    logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
+    return losses.cross_entropy(logits_BTV, batch["targets"], z_loss=t.z_loss)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch):
+    params = state["params"]
+    if num_micro == 1:
+      (loss, aux), grads = grad_fn(params, batch)
+    else:
+      # Row j·M + m goes to microbatch m, so each device's rows split evenly among microbatches.
+      split = lambda x: sharding.constrain(x.reshape(-1, num_micro, *x.shape[1:]).swapaxes(0, 1),
+                                           (None, "batch", None))
+      micro = jax.tree.map(split, batch)
+
+      def accumulate(acc, mb):
+        (loss, aux), grads = grad_fn(params, mb)
+        return jax.tree.map(jnp.add, acc, (loss, aux, grads)), None
+
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                           jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro))))
+      zeros = (zeros[0][0], zeros[0][1], zeros[1])
+      (loss, aux, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+      loss, aux, grads = jax.tree.map(lambda x: x / num_micro, (loss, aux, grads))
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if t.on_nonfinite == "skip":  # keep the old parameters and optimizer state
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      new_params, opt_state = keep(new_params, params), keep(opt_state, state["opt_state"])
+    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "rng": state["rng"]}
+    metrics = {
+        "loss": loss, "ce": aux["ce"], "accuracy": aux["accuracy"], "log_z": aux["log_z"],
+        "grad_norm": grad_norm, "param_norm": optax.global_norm(new_params),
+        "learning_rate": lr_schedule(state["step"]), "finite": finite,
+    }
+    if t.z_loss:
+      metrics["z_loss"] = aux["z_loss"]
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config, graphdef):
+  """eval_step(params, batch) -> (sum of token losses, number of tokens)."""
+
+  def eval_step(params, batch):
+    logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
+    _, aux = losses.cross_entropy(logits_BTV, batch["targets"])
+    return aux["ce_sum"], aux["tokens"]
+
+  return eval_step
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary dict."""
+  t, m = config.train, config.model
+
+  ##################################################################### Setup
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+  tokenizer = data.make_tokenizer(config.data)
+  mesh_shape = cfg_lib.validate(config, jax.device_count(), tokenizer.vocab_size)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  ##################################################################### Mesh
+  mesh = sharding.make_mesh(mesh_shape)
+  log.info("devices: %d x %s, mesh %s", jax.device_count(), jax.devices()[0].device_kind, mesh_shape)
+
+  ##################################################################### Model and optimizer (abstract)
+  graphdef, abstract_params, param_axes = model.abstract(m)
+  sharding.check_divisible(abstract_params, param_axes, mesh_shape)
+  tx, lr_schedule = optim.make(config.optim, t.steps, param_axes)
+  init_state = make_state_fn(config, tx)
+  key = jax.random.key(config.seed)
+  abstract_state = jax.eval_shape(init_state, key)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  param_sh = sharding.shardings(mesh, param_axes)
+  state_sh = {
+      "step": replicated, "params": param_sh, "rng": replicated,
+      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_sh,
+                                         transform_non_params=lambda _: replicated),
+  }
+  n_params = model.count_params(abstract_params)
+  log.info("model: %.2fM parameters", n_params / 1e6)
+
+  ##################################################################### Data
+  batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
+  data_kw = dict(seq_len=config.data.seq_len, global_batch=t.global_batch,
+                 process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = data.make_train_iterator(config.data, seed=config.seed, **data_kw)
+  eval_batches = [sharding.host_to_global(b, mesh) for b in
+                  data.make_eval_batches(config.data, num_batches=t.eval_batches, **data_kw)]
+
+  ##################################################################### Compile
+  with jax.set_mesh(mesh):
+    train_step = jax.jit(make_train_step(config, graphdef, tx, lr_schedule),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(param_sh, batch_sh))
+
+  def evaluate(params):
+    with jax.set_mesh(mesh):
+      sums = [eval_step(params, b) for b in eval_batches]
+    ce_sum, tokens = np.sum(jax.device_get(sums), axis=0)
+    loss = float(ce_sum / tokens)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+  ##################################################################### Restore or initialize
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+  abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_state, state_sh)
+  restored = ckpt.restore_latest(abstract_with_sh, m.to_dict())
+  if restored is not None:
+    state, data_state, start = restored
+    train_iter.set_state(data_state)
+    log.info("resumed from step %d in %s", start, ckpt.directory)
+  else:
+    with jax.set_mesh(mesh):
+      state = jax.jit(init_state, out_shardings=state_sh)(key)
+    start = 0
+    log.info("initialized from seed %d", config.seed)
+
+  ##################################################################### Train loop
+  writer = MetricWriter(workdir, total_steps=t.steps, first_step=start, progress=t.progress, enabled=is_main)
+  peak, peak_source = flops.peak_flops(m.compute_dtype, t.peak_flops)
+  step_flops = flops.train_flops_per_step(m, config.data.seq_len, t.global_batch)
+  log.info("MFU against %.3g FLOP/s (%s); %.3g model FLOPs per step", peak, peak_source, step_flops)
+  config_json = json.loads(config.to_json_best_effort())
+
+  stop_signal = []
+  def on_signal(signum, _):
+    stop_signal.append(signal.Signals(signum).name)
+  old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  history, pending, skipped, last_eval = [], None, 0, {}
+  last_saved = start
+  t_mark, steps_since_mark = time.perf_counter(), 0
+
+  def record(step, metrics):
+    """Fetches one step's metrics and stops (or counts a skip) if they are not finite."""
+    nonlocal skipped
+    metrics = jax.device_get(metrics)
+    if not metrics.pop("finite"):
+      bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+      if t.on_nonfinite == "skip":
+        skipped += 1
+        log.warning("step %d: %s not finite; update skipped (%d so far)", step, ", ".join(bad), skipped)
+      else:
+        raise NonFiniteError(
+            f"step {step}: {', '.join(bad)} became {metrics[bad[0]]}; stopped without saving, the last good "
+            f"checkpoint (step {last_saved}) is intact in {ckpt.directory}. Lower optim.lr, or set "
+            "train.on_nonfinite=skip to skip bad updates")
+    history.append(metrics)
+
+  try:
+    step = start
+    while step < t.steps:
+      batch = sharding.host_to_global(next(train_iter), mesh)
+      with jax.set_mesh(mesh):
+        state, metrics = train_step(state, batch)
+      step += 1
+      writer.advance()
+      steps_since_mark += 1
+      # Fetch the previous step's metrics: this step is already queued behind it, so the device never idles.
+      if pending is not None:
+        record(*pending)
+      pending = (step, metrics)
+
+      is_last = step == t.steps
+      save_now = (step % t.checkpoint_every == 0 or is_last or bool(stop_signal)
+                  or ckpt.manager.reached_preemption(step))
+      if step % t.log_every == 0 or step % t.eval_every == 0 or save_now:
+        record(*pending)  # before anything is logged or saved, this step must be known good
+        pending = None
+      if step % t.log_every == 0 or is_last:
+        elapsed = time.perf_counter() - t_mark
+        row = {k: float(np.mean([h[k] for h in history])) for k in history[-1]}
+        row["step_time"] = elapsed / steps_since_mark
+        row["tokens_per_second"] = t.global_batch * config.data.seq_len / row["step_time"]
+        row["mfu"] = step_flops / row["step_time"] / peak
+        writer.write(step, row)
+        history = []
+        t_mark, steps_since_mark = time.perf_counter(), 0
+      if step % t.eval_every == 0 or is_last:
+        last_eval = evaluate(state["params"])
+        writer.write(step, last_eval)
+        t_mark = time.perf_counter()
+      if save_now:
+        ckpt.save(step, state, train_iter.get_state(), config_json)
+        last_saved = step
+        t_mark = time.perf_counter()
+      if stop_signal:
+        log.warning("received %s: saved step %d, exiting; run the same command to resume", stop_signal[0], step)
+        break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+
+  ##################################################################### Finish
+  summary = {"workdir": workdir, "step": int(step), "stopped_by": stop_signal[0] if stop_signal else None,
+             "checkpoints": ckpt.directory, "metrics": os.path.join(workdir, "metrics.jsonl"),
+             "parameters": n_params, "skipped_steps": skipped}
+  if step == t.steps:
+    summary["final_eval_loss"] = (last_eval or evaluate(state["params"]))["eval_loss"]
+  return summary
