@@ -31,6 +31,8 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                              create=True, cleanup_tmp_directories=True))
 
@@ -48,28 +50,27 @@ class Checkpointer:
     """(state, data_state, step) of the newest readable checkpoint, or None if there is none.
 
     `abstract_state` holds ShapeDtypeStructs with shardings: arrays are placed
-    (and resharded, if the mesh changed) as it says.
+    (and resharded, if the mesh changed) as it says. A checkpoint whose
+    structure does not match (another model or optimizer) is a ConfigError,
+    never mistaken for damage.
     """
     for step in reversed(self.steps()):
-      saved_model = self._saved_model_config(step)
-      if saved_model is not None:
-        _check_compatible(saved_model, model_config, self.directory)
+      try:
+        saved_state = self.manager.item_metadata(step)["state"]
+        saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+      except Exception as e:  # pylint: disable=broad-except  # unreadable metadata: damaged
+        self._set_aside(step, e)
+        continue
+      _check_compatible(_shapes(saved_state), _shapes(abstract_state), saved_config.get("model", {}),
+                        model_config, self.directory)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-      except ConfigError:
-        raise
       except Exception as e:  # pylint: disable=broad-except  # any damage means: try the one before
         self._set_aside(step, e)
         continue
       return restored.state, restored.data, step
     return None
-
-  def _saved_model_config(self, step: int):
-    try:
-      return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config["model"]
-    except Exception:  # pylint: disable=broad-except  # unreadable config: the state restore decides
-      return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
     target = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
@@ -87,15 +88,27 @@ class Checkpointer:
     self.manager.close()
 
 
-# Fields that change the parameters' shapes; the rest (dtypes, remat, scan) may change on resume.
-_SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-                 "mlp", "norm", "qk_norm", "tie_embeddings")
+def _shapes(tree) -> dict[str, tuple]:
+  """{path: shape} with paths spelled the same for live pytrees and Orbax metadata."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {"/".join(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _check_compatible(saved: dict, current: dict, directory: str) -> None:
-  diff = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-          for k in _SHAPE_FIELDS if saved.get(k) != current.get(k)]
-  if diff:
-    raise ConfigError(
-        f"the checkpoint in {directory} was made with a different model ({'; '.join(diff)}): "
-        "use a new --workdir, or set the config back to match")
+def _check_compatible(saved: dict, current: dict, saved_model: dict, model: dict, directory: str) -> None:
+  if saved == current:
+    return
+  model_diff = [f"{k}: checkpoint {saved_model.get(k)!r} vs config {model.get(k)!r}"
+                for k in model if k in saved_model and saved_model[k] != model[k]]
+  missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+  reshaped = [f"{k} {saved[k]} vs {current[k]}" for k in current if k in saved and saved[k] != current[k]]
+  what = "; ".join(model_diff) or "; ".join(
+      ([f"not in checkpoint: {missing[:2]}"] if missing else []) + ([f"only in checkpoint: {extra[:2]}"] if extra else [])
+      + ([f"shapes: {reshaped[:2]}"] if reshaped else []))
+  raise ConfigError(
+      f"the checkpoint in {directory} does not fit this config's model or optimizer ({what}): "
+      "use a new --workdir, or set the config back to match")

@@ -68,15 +68,15 @@ def measured_matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 
   return 2 * n**3 / best
 
 
-def peak_flops(compute_dtype: str, override: float = 0.0, device=None) -> tuple[float, str]:
+def peak_flops(compute_dtype: str, override: float = 0.0, devices=None) -> tuple[float, str]:
   """(Peak FLOP/s of the whole job, where the figure comes from).
 
   The config's `train.peak_flops` (per device) wins; then the table by device kind;
   on CPU (and unknown devices) the host's measured matmul ceiling, counted once
   per host, since simulated CPU devices share the same cores.
   """
-  device = device or jax.devices()[0]
-  n = jax.device_count()
+  devices = devices or jax.devices()
+  device, n = devices[0], len(devices)
   if override > 0:
     return override * n, "config train.peak_flops"
   for kind, table in PEAK_FLOPS.items():

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,7 @@ def make_train_step(config, graphdef, tx, lr_schedule):
       loss, aux, grads = jax.tree.map(lambda x: x / num_micro, (loss, aux, grads))
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -91,7 +92,7 @@ def make_train_step(config, graphdef, tx, lr_schedule):
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "rng": state["rng"]}
     metrics = {
         "loss": loss, "ce": aux["ce"], "accuracy": aux["accuracy"], "log_z": aux["log_z"],
-        "grad_norm": grad_norm, "param_norm": optax.global_norm(new_params),
+        "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_params),
         "learning_rate": lr_schedule(state["step"]), "finite": finite,
     }
     if t.z_loss:
@@ -112,11 +113,61 @@ def make_eval_step(config, graphdef):
   return eval_step
 
 
+class Program(NamedTuple):
+  """What one config compiles to on one mesh: a notebook, test or benchmark can drive it directly."""
+  mesh: jax.sharding.Mesh
+  graphdef: Any                 # the model's NNX graph definition; nnx.merge(graphdef, params)
+  param_axes: Any               # logical axis names of every parameter
+  abstract_state: Any           # ShapeDtypeStructs with shardings, for restoring checkpoints
+  init: Callable                # key -> state, placed on the mesh
+  train_step: Callable          # (state, batch) -> (state, metrics); donates state
+  eval_step: Callable           # (params, batch) -> (loss sum, token count)
+  lr_schedule: Callable
+
+
+def build(config, mesh) -> Program:
+  """Builds and jits the model, optimizer and steps of `config` over `mesh` (compiled on first call)."""
+  graphdef, abstract_params, param_axes = model.abstract(config.model)
+  sharding.check_divisible(abstract_params, param_axes, dict(mesh.shape))
+  tx, lr_schedule = optim.make(config.optim, config.train.steps, param_axes)
+  init_state = make_state_fn(config, tx)
+  abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  param_sh = sharding.shardings(mesh, param_axes)
+  state_sh = {
+      "step": replicated, "params": param_sh, "rng": replicated,
+      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_sh,
+                                         transform_non_params=lambda _: replicated),
+  }
+  batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
+  with jax.set_mesh(mesh):  # the mesh is in context while tracing, for the activations' constraints
+    train_step = jax.jit(make_train_step(config, graphdef, tx, lr_schedule),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(param_sh, batch_sh))
+    init = jax.jit(init_state, out_shardings=state_sh)
+
+  def in_mesh(f):
+    def run(*args):
+      with jax.set_mesh(mesh):
+        return f(*args)
+    run.jitted = f
+    return run
+
+  abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_state, state_sh)
+  return Program(mesh, graphdef, param_axes, abstract_with_sh, in_mesh(init), in_mesh(train_step),
+                 in_mesh(eval_step), lr_schedule)
+
+
 # ---------------------------------------------------------------- the loop
 
 
-def train(config, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary dict."""
+def train(config, workdir: str, devices=None) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary dict.
+
+  `devices` (default: all) lets a notebook or test run on a subset of the devices.
+  """
   t, m = config.train, config.model
 
   ##################################################################### Setup
@@ -125,72 +176,48 @@ def train(config, workdir: str) -> dict:
   if is_main:
     os.makedirs(workdir, exist_ok=True)
   tokenizer = data.make_tokenizer(config.data)
-  mesh_shape = cfg_lib.validate(config, jax.device_count(), tokenizer.vocab_size)
+  devices = list(devices or jax.devices())
+  mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
   ##################################################################### Mesh
-  mesh = sharding.make_mesh(mesh_shape)
-  log.info("devices: %d x %s, mesh %s", jax.device_count(), jax.devices()[0].device_kind, mesh_shape)
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  log.info("devices: %d x %s, mesh %s", len(devices), devices[0].device_kind, mesh_shape)
 
-  ##################################################################### Model and optimizer (abstract)
-  graphdef, abstract_params, param_axes = model.abstract(m)
-  sharding.check_divisible(abstract_params, param_axes, mesh_shape)
-  tx, lr_schedule = optim.make(config.optim, t.steps, param_axes)
-  init_state = make_state_fn(config, tx)
-  key = jax.random.key(config.seed)
-  abstract_state = jax.eval_shape(init_state, key)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  param_sh = sharding.shardings(mesh, param_axes)
-  state_sh = {
-      "step": replicated, "params": param_sh, "rng": replicated,
-      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_sh,
-                                         transform_non_params=lambda _: replicated),
-  }
-  n_params = model.count_params(abstract_params)
+  ##################################################################### Model, optimizer, steps
+  prog = build(config, mesh)
+  n_params = model.count_params(prog.abstract_state["params"])
   log.info("model: %.2fM parameters", n_params / 1e6)
 
   ##################################################################### Data
-  batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
   data_kw = dict(seq_len=config.data.seq_len, global_batch=t.global_batch,
                  process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = data.make_train_iterator(config.data, seed=config.seed, **data_kw)
   eval_batches = [sharding.host_to_global(b, mesh) for b in
                   data.make_eval_batches(config.data, num_batches=t.eval_batches, **data_kw)]
 
-  ##################################################################### Compile
-  with jax.set_mesh(mesh):
-    train_step = jax.jit(make_train_step(config, graphdef, tx, lr_schedule),
-                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(param_sh, batch_sh))
-
   def evaluate(params):
-    with jax.set_mesh(mesh):
-      sums = [eval_step(params, b) for b in eval_batches]
+    sums = [prog.eval_step(params, b) for b in eval_batches]
     ce_sum, tokens = np.sum(jax.device_get(sums), axis=0)
     loss = float(ce_sum / tokens)
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
   ##################################################################### Restore or initialize
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-  abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract_state, state_sh)
-  restored = ckpt.restore_latest(abstract_with_sh, m.to_dict())
+  restored = ckpt.restore_latest(prog.abstract_state, m.to_dict())
   if restored is not None:
     state, data_state, start = restored
     train_iter.set_state(data_state)
     log.info("resumed from step %d in %s", start, ckpt.directory)
   else:
-    with jax.set_mesh(mesh):
-      state = jax.jit(init_state, out_shardings=state_sh)(key)
-    start = 0
+    state, start = prog.init(jax.random.key(config.seed)), 0
     log.info("initialized from seed %d", config.seed)
 
   ##################################################################### Train loop
   writer = MetricWriter(workdir, total_steps=t.steps, first_step=start, progress=t.progress, enabled=is_main)
-  peak, peak_source = flops.peak_flops(m.compute_dtype, t.peak_flops)
+  peak, peak_source = flops.peak_flops(m.compute_dtype, t.peak_flops, devices)
   step_flops = flops.train_flops_per_step(m, config.data.seq_len, t.global_batch)
   log.info("MFU against %.3g FLOP/s (%s); %.3g model FLOPs per step", peak, peak_source, step_flops)
   config_json = json.loads(config.to_json_best_effort())
@@ -224,8 +251,7 @@ def train(config, workdir: str) -> dict:
     step = start
     while step < t.steps:
       batch = sharding.host_to_global(next(train_iter), mesh)
-      with jax.set_mesh(mesh):
-        state, metrics = train_step(state, batch)
+      state, metrics = prog.train_step(state, batch)
       step += 1
       writer.advance()
       steps_since_mark += 1
@@ -233,17 +259,22 @@ def train(config, workdir: str) -> dict:
       if pending is not None:
         record(*pending)
       pending = (step, metrics)
+      if step == start + 1:  # the first step compiles: keep it out of the throughput figures
+        record(*pending)
+        pending = None
+        log.info("first step (compile and run) took %.1f s", time.perf_counter() - t_mark)
+        t_mark, steps_since_mark = time.perf_counter(), 0
 
       is_last = step == t.steps
       save_now = (step % t.checkpoint_every == 0 or is_last or bool(stop_signal)
                   or ckpt.manager.reached_preemption(step))
-      if step % t.log_every == 0 or step % t.eval_every == 0 or save_now:
+      if (step % t.log_every == 0 or step % t.eval_every == 0 or save_now) and pending is not None:
         record(*pending)  # before anything is logged or saved, this step must be known good
         pending = None
       if step % t.log_every == 0 or is_last:
         elapsed = time.perf_counter() - t_mark
         row = {k: float(np.mean([h[k] for h in history])) for k in history[-1]}
-        row["step_time"] = elapsed / steps_since_mark
+        row["step_time"] = elapsed / max(steps_since_mark, 1)
         row["tokens_per_second"] = t.global_batch * config.data.seq_len / row["step_time"]
         row["mfu"] = step_flops / row["step_time"] / peak
         writer.write(step, row)

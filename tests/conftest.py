@@ -1,0 +1,21 @@
+"""Test setup: 8 simulated CPU devices (before JAX starts), a shared data dir, small configs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from tiny import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One TFDS data_dir for the session: the embedded corpus is prepared once."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def tiny(data_dir):
+  return lambda **kw: tiny_config(data_dir, **{k.replace("__", "."): v for k, v in kw.items()})

@@ -1,0 +1,91 @@
+"""Config loading, overrides and the checks made before anything compiles."""
+
+import jax
+import pytest
+
+from jaxtrain import config as cfg_lib
+from jaxtrain import model, sharding
+from jaxtrain.__main__ import parse
+
+
+def test_config_files_load_and_variants():
+  for spec in ("configs/default.py", "configs/lm_small.py", "configs/lm_small.py:tiny",
+               "configs/lm_small.py:medium"):
+    c = cfg_lib.load(spec)
+    cfg_lib.check_keys(c)
+  assert cfg_lib.load("configs/lm_small.py:tiny").model.d_model < cfg_lib.load("configs/lm_small.py").model.d_model
+  with pytest.raises(ValueError, match="unknown size"):
+    cfg_lib.load("configs/lm_small.py:huge")
+
+
+def test_overrides_parse_types():
+  c, workdir = parse(["--config=configs/default.py", "--workdir=/tmp/x", "--config.model.num_layers=12",
+                      "--config.model.num_kv_heads=2", "--config.optim.lr=1", "--config.model.qk_norm=true",
+                      "--config.data.name=c4/en", "--config.mesh.fsdp=4"])
+  assert (c.model.num_layers, c.model.num_kv_heads, c.optim.lr, c.model.qk_norm) == (12, 2, 1.0, True)
+  assert isinstance(c.optim.lr, float) and c.data.name == "c4/en" and c.mesh.fsdp == 4 and workdir == "/tmp/x"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("modle.num_layers=2", "did you mean 'model.num_layers'"),
+    ("model.num_layrs=2", "did you mean 'model.num_layers'"),
+    ("model.num_layers=two", "expected a value of type int"),
+    ("model.qk_norm=maybe", "expected true or false"),
+    ("model.num_layers", "has no '='"),
+])
+def test_bad_overrides(override, message):
+  with pytest.raises(cfg_lib.ConfigError, match=message):
+    cfg_lib.load("configs/default.py", [override])
+
+
+def test_config_file_with_unknown_key(tmp_path):
+  path = tmp_path / "bad.py"
+  path.write_text("from jaxtrain.config import base\n"
+                  "def get_config(arg=None):\n  c = base()\n  c.train.stepz = 3\n  return c\n")
+  with pytest.raises(cfg_lib.ConfigError, match="'train.stepz'; did you mean 'train.steps'"):
+    cfg_lib.load(str(path))
+  with pytest.raises(cfg_lib.ConfigError, match="does not exist"):
+    cfg_lib.load(str(tmp_path / "missing.py"))
+
+
+@pytest.mark.parametrize("overrides, devices, message", [
+    ({"train.global_batch": 12}, 8, "not divisible by the data-parallel size 8"),
+    ({"train.global_batch": 16, "train.microbatches": 4}, 8, "microbatch of 4 sequences"),
+    ({"train.global_batch": 16, "train.microbatches": 3}, 1, "not divisible by train.microbatches"),
+    ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}, 8, "has 4 devices but 8 are present"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, 8, "at most one axis"),
+    ({"mesh.data": 1, "mesh.tensor": 8, "model.num_heads": 4}, 8, "num_heads=4 is not divisible by the tensor axis"),
+    ({"model.num_heads": 4, "model.num_kv_heads": 3}, 1, "not a multiple of model.num_kv_heads"),
+    ({"data.seq_len": 512}, 1, "exceeds model.max_seq_len"),
+    ({"model.norm": "batchnorm"}, 1, "model.norm='batchnorm' is not one of"),
+    ({"optim.warmup_steps": 10_000}, 1, "exceeds train.steps"),
+    ({"model.vocab_size": 128}, 1, "the tokenizer has 256 tokens"),
+])
+def test_validation_errors(tiny, overrides, devices, message):
+  c = tiny()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  with pytest.raises(cfg_lib.ConfigError, match=message):
+    cfg_lib.validate(c, devices, vocab_size=256)
+
+
+def test_valid_configs_pass(tiny):
+  assert cfg_lib.validate(tiny(), 8, 256) == {"data": 8, "fsdp": 1, "tensor": 1}
+  c = tiny()
+  c.mesh.update(data=2, fsdp=-1, tensor=2)
+  assert cfg_lib.validate(c, 8, 256) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_parameter_divisibility_is_checked_before_compiling(tiny):
+  c = tiny(model__mlp_dim=66)
+  _, params, axes = model.abstract(c.model)
+  with pytest.raises(cfg_lib.ConfigError, match=r"parameter .*mlp.*cannot be split 4 ways over mesh axes \('tensor',\)"):
+    sharding.check_divisible(params, axes, {"data": 2, "fsdp": 1, "tensor": 4})
+  sharding.check_divisible(params, axes, {"data": 8, "fsdp": 1, "tensor": 1})  # pure DP splits no parameter
+
+
+def test_rules_table_maps_logical_names():
+  assert sharding.spec(("batch", None, "heads", None)) == jax.sharding.PartitionSpec(("data", "fsdp"), None,
+                                                                                       "tensor", None)
+  assert sharding.spec(("layers", "embed", "mlp")) == jax.sharding.PartitionSpec(None, "fsdp", "tensor")

@@ -1,0 +1,180 @@
+"""End to end through the trainer: workdir layout, exact resume after a kill, damaged checkpoints,
+the NaN guard, signals, incompatible checkpoints, and that the default config learns."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrain import config as cfg_lib
+from jaxtrain import train
+from jaxtrain.metrics import read_metrics
+
+ONE = jax.devices()[:1]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def losses_by_step(workdir):
+  return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+def test_workdir_layout_and_metrics(tiny, tmp_path):
+  c = tiny(train__steps=20)
+  summary = train.train(c, str(tmp_path), devices=ONE)
+  assert summary["step"] == 20 and np.isfinite(summary["final_eval_loss"])
+  assert json.load(open(tmp_path / "config.json"))["model"]["d_model"] == 32
+  rows = read_metrics(str(tmp_path))
+  train_rows = [r for r in rows if "loss" in r]
+  eval_rows = [r for r in rows if "eval_loss" in r]
+  assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+  for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu", "step_time"):
+    assert all(np.isfinite(r[key]) for r in train_rows), key
+  assert [r["step"] for r in eval_rows] == [10, 20]
+  assert eval_rows[-1]["eval_loss"] == pytest.approx(summary["final_eval_loss"])
+  assert os.listdir(tmp_path / "tensorboard")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+
+
+def _config_file(tmp_path, data_dir, **overrides):
+  """A config file for the CLI: the tests' tiny config, with `overrides`."""
+  path = tmp_path / "tiny_config.py"
+  path.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+      from tiny import tiny_config
+      def get_config(arg=None):
+        return tiny_config({data_dir!r}, **{overrides!r})
+  """))
+  return str(path)
+
+
+def _cli(config_path, workdir, *extra):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  return [sys.executable, "-m", "jaxtrain", f"--config={config_path}", f"--workdir={workdir}", *extra], env
+
+
+def _run_until_checkpoint_then(sig, config_path, workdir):
+  """Starts the CLI, sends `sig` once a checkpoint is committed; returns the finished process."""
+  cmd, env = _cli(config_path, workdir)
+  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  ckpts = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+      proc.send_signal(sig)
+      break
+    time.sleep(0.01)
+  out, err = proc.communicate(timeout=120)
+  return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path, data_dir):
+  overrides = {"train.steps": 300, "train.log_every": 1, "train.eval_every": 1000, "train.checkpoint_every": 10,
+               "mesh.data": 1}
+  config_path = _config_file(tmp_path, data_dir, **overrides)
+  reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+  cmd, env = _cli(config_path, reference)
+  done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  code, _, _ = _run_until_checkpoint_then(signal.SIGKILL, config_path, killed)
+  assert code == -signal.SIGKILL
+  before = losses_by_step(killed)
+  assert max(before, default=0) < 300, "the run finished before it could be killed"
+  cmd, env = _cli(config_path, killed)
+  done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "resumed from step" in done.stderr
+  ref, got = losses_by_step(reference), losses_by_step(killed)
+  assert sorted(got) == list(range(1, 301))
+  assert got == ref  # bit-identical: same parameters, optimizer state and batches after the restart
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
+  config_path = _config_file(tmp_path, data_dir, **{"train.steps": 2000, "train.checkpoint_every": 10,
+                                                     "mesh.data": 1, "train.eval_every": 1000})
+  workdir = str(tmp_path / "run")
+  code, out, err = _run_until_checkpoint_then(signal.SIGTERM, config_path, workdir)
+  assert code == 0, err[-2000:]
+  assert "received SIGTERM" in err and "run the same command to resume" in out
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps[-1] % 10 != 0 or steps[-1] > 10  # a checkpoint was written at the step it stopped
+  assert steps[-1] < 2000
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous(tiny, tmp_path, caplog):
+  c = tiny(train__steps=20, train__log_every=1)
+  train.train(c, str(tmp_path), devices=ONE)
+  first = losses_by_step(str(tmp_path))
+  state_dir = tmp_path / "checkpoints" / "20" / "state"
+  for root, _, files in os.walk(state_dir):  # damage every array file of step 20
+    for f in files:
+      if not f.endswith(".json") and "zarray" not in f:
+        open(os.path.join(root, f), "wb").close()
+  shutil.rmtree(state_dir / "d", ignore_errors=True)
+  c = tiny(train__steps=20, train__log_every=1)
+  summary = train.train(c, str(tmp_path), devices=ONE)
+  assert "checkpoint step 20 is unreadable" in caplog.text
+  assert os.path.isdir(tmp_path / "corrupt_checkpoints" / "20")  # set aside, not deleted
+  assert summary["step"] == 20
+  assert losses_by_step(str(tmp_path)) == first  # steps 11..20 redone from step 10, identically
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path):
+  train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
+  c = tiny(train__steps=40, optim__lr=1e35, optim__warmup_steps=0)
+  with pytest.raises(train.NonFiniteError, match=r"step 1[1-9]: (loss|grad_norm).* became nan.*last good checkpoint \(step 10\)"):
+    train.train(c, str(tmp_path), devices=ONE)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+  summary = train.train(tiny(train__steps=12), str(tmp_path), devices=ONE)  # still resumable
+  assert summary["step"] == 12 and np.isfinite(summary["final_eval_loss"])
+
+
+def test_skip_mode_skips_bad_updates(tiny, tmp_path):
+  c = tiny(train__steps=10, optim__lr=1e35, optim__warmup_steps=0, train__on_nonfinite="skip")
+  summary = train.train(c, str(tmp_path), devices=ONE)
+  assert summary["step"] == 10 and summary["skipped_steps"] > 0
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tiny, tmp_path):
+  train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"does not fit .* \(d_model: checkpoint 32 vs config 64\)"):
+    train.train(tiny(train__steps=20, model__d_model=64), str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"does not fit .*not in checkpoint: \['opt_state/0"):
+    train.train(tiny(train__steps=20, optim__clip_norm=0.0), str(tmp_path), devices=ONE)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]  # nothing set aside or deleted
+
+
+def test_resume_on_another_mesh(tiny, tmp_path):
+  """A checkpoint written on one device restores onto the 8-device FSDP mesh (resharded)."""
+  train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
+  summary = train.train(tiny(train__steps=20, mesh__data=1, mesh__fsdp=8), str(tmp_path))
+  assert summary["step"] == 20 and np.isfinite(summary["final_eval_loss"])
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+  cmd, env = _cli("configs/default.py", str(tmp_path), "--config.modle.num_layers=2")
+  done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 2
+  assert done.stderr.strip() == ("jaxtrain: error: unknown config key 'modle.num_layers'; "
+                                 "did you mean 'model.num_layers'?")
+
+
+@pytest.mark.slow
+def test_default_config_learns(tmp_path, data_dir):
+  c = cfg_lib.load("configs/default.py", [f"data.data_dir={data_dir}", "train.steps=200", "train.eval_every=100",
+                                          "train.checkpoint_every=200", "train.progress=log", "mesh.data=1"])
+  summary = train.train(c, str(tmp_path), devices=ONE)
+  evals = [r["eval_loss"] for r in read_metrics(str(tmp_path)) if "eval_loss" in r]
+  assert evals[0] > evals[-1]              # validation loss falls between step 100 and 200
+  assert summary["final_eval_loss"] < 0.6 * np.log(256)  # far below the uniform-guess loss

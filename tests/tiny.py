@@ -1,0 +1,17 @@
+"""The tests' tiny config (importable without touching JAX's device setup)."""
+
+from jaxtrain import config as cfg_lib
+
+
+def tiny_config(data_dir, **overrides):
+  """A model small enough that a step takes milliseconds, on the embedded corpus."""
+  c = cfg_lib.base()
+  c.model.update(d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=64)
+  c.data.update(data_dir=data_dir, seq_len=32)
+  c.train.update(steps=20, global_batch=8, log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
+                 progress="log")
+  c.optim.update(lr=3e-3, warmup_steps=5)
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
