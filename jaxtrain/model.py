@@ -219,7 +219,7 @@ def abstract(m):
 
   def axes_of(v):
     axes = v.get_metadata()["axes"]
-    return ("layers",) * (v.value.ndim - len(axes)) + tuple(axes)  # stacked blocks gain a layers axis
+    return ("layers",) * (v.get_value().ndim - len(axes)) + tuple(axes)  # stacked blocks gain a layers axis
 
   axes = jax.tree.map(axes_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
