@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-USAGE = "python -m jaxtrain --config=configs/<name>.py[:arg] --workdir=DIR [--config.<field>=<value> ...]"
+USAGE = "python -m jaxtrain --config=configs/<name>.py[:arg] --workdir=DIR [--distributed] [--config.<field>=<value> ...]"
 
 
 def parse(argv: list[str]):
@@ -18,7 +18,12 @@ def parse(argv: list[str]):
   parser = argparse.ArgumentParser(prog="jaxtrain", usage=USAGE, description=__doc__)
   parser.add_argument("--config", required=True, help="a config file, optionally with :arg for get_config(arg)")
   parser.add_argument("--workdir", required=True, help="where config.json, metrics and checkpoints go")
+  parser.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() first (multi-host TPU pods, SLURM GPU clusters)")
   args, rest = parser.parse_known_args(argv)
+  if args.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
