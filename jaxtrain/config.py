@@ -43,8 +43,10 @@ def base() -> ml_collections.ConfigDict:
       head_dim=config_dict.placeholder(int),      # None: d_model // num_heads.
       mlp_dim=config_dict.placeholder(int),       # None: 8/3·d_model for SwiGLU, 4·d_model for GELU, rounded up to 64.
       mlp="swiglu",            # swiglu | gelu
-      norm="rmsnorm",          # rmsnorm | layernorm
-      norm_eps=1e-6,
+      norm=dict(
+          kind="rmsnorm",      # rmsnorm | layernorm
+          eps=1e-6,
+      ),
       qk_norm=False,
       tie_embeddings=True,
       max_seq_len=2048,
@@ -234,7 +236,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
 
 _CHOICES = {
     "model.mlp": ("swiglu", "gelu"),
-    "model.norm": ("rmsnorm", "layernorm"),
+    "model.norm.kind": ("rmsnorm", "layernorm"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("xla", "cudnn"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -251,9 +253,11 @@ def validate(config, num_devices: int, vocab_size: int | None = None) -> dict[st
   Raises ConfigError with a one-line message naming the problem and the fix.
   """
   for key, choices in _CHOICES.items():
-    section, field = key.split(".")
-    if config[section][field] not in choices:
-      raise ConfigError(f"{key}={config[section][field]!r} is not one of {choices}")
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value not in choices:
+      raise ConfigError(f"{key}={value!r} is not one of {choices}")
 
   m, t, d = config.model, config.train, config.data
   mesh = mesh_shape(config.mesh, num_devices)

@@ -83,8 +83,8 @@ class Attention(nnx.Module):
     self.wv = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs)
     self.wo = Linear("bthk,hkd->btd", (H, K, D), ("heads", None, "embed"), std=out_std, m=m, rngs=rngs)
     if m.qk_norm:
-      self.q_norm = Norm(K, kind=m.norm, eps=m.norm_eps, m=m, axis_name=None)
-      self.k_norm = Norm(K, kind=m.norm, eps=m.norm_eps, m=m, axis_name=None)
+      self.q_norm = Norm(K, kind=m.norm.kind, eps=m.norm.eps, m=m, axis_name=None)
+      self.k_norm = Norm(K, kind=m.norm.kind, eps=m.norm.eps, m=m, axis_name=None)
 
   def __call__(self, x_BTD):
     m = self.m
@@ -132,9 +132,9 @@ class Block(nnx.Module):
 
   def __init__(self, m, *, rngs):
     out_std = m.init_std / (2 * m.num_layers) ** 0.5  # GPT-2: residual branches' last matmul shrinks with depth
-    self.attn_norm = Norm(m.d_model, kind=m.norm, eps=m.norm_eps, m=m)
+    self.attn_norm = Norm(m.d_model, kind=m.norm.kind, eps=m.norm.eps, m=m)
     self.attn = Attention(m, out_std=out_std, rngs=rngs)
-    self.mlp_norm = Norm(m.d_model, kind=m.norm, eps=m.norm_eps, m=m)
+    self.mlp_norm = Norm(m.d_model, kind=m.norm.kind, eps=m.norm.eps, m=m)
     self.mlp = Mlp(m, out_std=out_std, rngs=rngs)
 
   def __call__(self, x_BTD, layer):
@@ -166,7 +166,7 @@ class Transformer(nnx.Module):
       return Block(m, rngs=rngs)
 
     self.blocks = make_blocks(rngs)
-    self.final_norm = Norm(D, kind=m.norm, eps=m.norm_eps, m=m)
+    self.final_norm = Norm(D, kind=m.norm.kind, eps=m.norm.eps, m=m)
     if not m.tie_embeddings:
       self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs)
 

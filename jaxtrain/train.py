@@ -224,6 +224,8 @@ def train(config, workdir: str, devices=None) -> dict:
 
   stop_signal = []
   def on_signal(signum, _):
+    if stop_signal and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, keep what is saved
     stop_signal.append(signal.Signals(signum).name)
   old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 

@@ -57,15 +57,14 @@ def test_config_file_with_unknown_key(tmp_path):
     ({"mesh.data": 1, "mesh.tensor": 8, "model.num_heads": 4}, 8, "num_heads=4 is not divisible by the tensor axis"),
     ({"model.num_heads": 4, "model.num_kv_heads": 3}, 1, "not a multiple of model.num_kv_heads"),
     ({"data.seq_len": 512}, 1, "exceeds model.max_seq_len"),
-    ({"model.norm": "batchnorm"}, 1, "model.norm='batchnorm' is not one of"),
+    ({"model.norm.kind": "batchnorm"}, 1, "model.norm.kind='batchnorm' is not one of"),
     ({"optim.warmup_steps": 10_000}, 1, "exceeds train.steps"),
     ({"model.vocab_size": 128}, 1, "the tokenizer has 256 tokens"),
 ])
 def test_validation_errors(tiny, overrides, devices, message):
   c = tiny()
   for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
+    cfg_lib.set_field(c, key, str(value))
   with pytest.raises(cfg_lib.ConfigError, match=message):
     cfg_lib.validate(c, devices, vocab_size=256)
 

@@ -59,7 +59,7 @@ def test_scan_equals_unrolled(m, remat):
 
 
 @pytest.mark.parametrize("change", [
-    dict(mlp="gelu", norm="layernorm"), dict(qk_norm=True), dict(tie_embeddings=False),
+    dict(mlp="gelu", norm=dict(kind="layernorm", eps=1e-5)), dict(qk_norm=True), dict(tie_embeddings=False),
     dict(num_kv_heads=None), dict(compute_dtype="bfloat16"), dict(head_dim=16),
 ])
 def test_variants_run(m, change):

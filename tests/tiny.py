@@ -12,6 +12,5 @@ def tiny_config(data_dir, **overrides):
                  progress="log")
   c.optim.update(lr=3e-3, warmup_steps=5)
   for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
+    cfg_lib.set_field(c, key, repr(value) if not isinstance(value, str) else value)
   return c
