@@ -43,10 +43,17 @@ def base() -> ml_collections.ConfigDict:
       head_dim=config_dict.placeholder(int),      # None: d_model // num_heads.
       mlp_dim=config_dict.placeholder(int),       # None: 8/3·d_model for SwiGLU, 4·d_model for GELU, rounded up to 64.
       mlp="swiglu",            # swiglu | gelu
-      norm=dict(
+      norm=dict(               # where the norm goes: see jaxtrain/placement.py
           kind="rmsnorm",      # rmsnorm | layernorm
           eps=1e-6,
+          placement="pre",     # pre | post | mix | peri | lns | res_post
+          mix_post_fraction=0.25,  # Mix-LN's α: the first ⌊α·L⌋ layers are Post-LN
+          res_post_tau=0.5,    # res_post: x <- √(1-τ)·x + √τ·N(f(x))
+          embed_norm=False,    # a norm on the embedding output (Peri-LN's optional one)
+          out_norm_scale=True, # Peri-LN: the output norms have a learnable scale (else fixed at 1)
+          final=True,          # the final norm before the LM head
       ),
+      depth_scaled_init=True,  # residual branches' last matmul init_std/√(2L) (GPT-2); False: plain init
       qk_norm=False,
       tie_embeddings=True,
       max_seq_len=2048,
@@ -78,6 +85,7 @@ def base() -> ml_collections.ConfigDict:
       z_loss=0.0,              # coefficient of logsumexp² (1e-4 in PaLM); 0 disables
       on_nonfinite="stop",     # stop | skip (skip the update, keep going)
       log_every=10,
+      diagnostics_every=0,     # per-layer diagnostics every N steps (0: off; they cost a second compiled step)
       eval_every=200,
       eval_batches=8,
       checkpoint_every=200,
@@ -237,6 +245,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
 _CHOICES = {
     "model.mlp": ("swiglu", "gelu"),
     "model.norm.kind": ("rmsnorm", "layernorm"),
+    "model.norm.placement": ("pre", "post", "mix", "peri", "lns", "res_post"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("xla", "cudnn"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -295,6 +304,12 @@ def validate(config, num_devices: int, vocab_size: int | None = None) -> dict[st
     raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} exceeds train.steps={t.steps}")
   if not 0 <= config.optim.decay_fraction <= 1:
     raise ConfigError(f"optim.decay_fraction={config.optim.decay_fraction} must be in [0, 1]")
+  if not 0 <= m.norm.mix_post_fraction <= 1:
+    raise ConfigError(f"model.norm.mix_post_fraction={m.norm.mix_post_fraction} must be in [0, 1]")
+  if not 0 < m.norm.res_post_tau < 1:
+    raise ConfigError(f"model.norm.res_post_tau={m.norm.res_post_tau} must be in (0, 1)")
+  if t.diagnostics_every < 0:
+    raise ConfigError(f"train.diagnostics_every={t.diagnostics_every} must be >= 0 (0 turns diagnostics off)")
   if m.attention == "cudnn" and m.compute_dtype == "float32":
     raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
   return mesh

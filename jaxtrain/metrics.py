@@ -2,7 +2,9 @@
 
 `metrics.jsonl` has one JSON object per line: training lines carry `step`,
 `loss`, `learning_rate`, `grad_norm`, `tokens_per_second`, `mfu` (and more);
-evaluation lines carry `step`, `eval_loss` and `eval_perplexity`. Read it back
+evaluation lines carry `step`, `eval_loss` and `eval_perplexity`; diagnostics
+lines (every `train.diagnostics_every` steps) carry `step` and per-layer lists
+`layers/grad_norm`, `layers/resid_var`, `layers/resid_max_abs`, `layers/attn_max_logit`. Read it back
 with `read_metrics(workdir)`.
 """
 
@@ -48,7 +50,13 @@ class MetricWriter:
     for k, v in line.items():
       if k != "step" and isinstance(v, (int, float)):
         self.tb.add_scalar(k, v, step)
+      elif isinstance(v, list):  # per-layer diagnostics: one scalar per layer
+        for l, x in enumerate(v):
+          if x is not None:
+            self.tb.add_scalar(f"{k}/{l:02d}", x, step)
     shown = {k: v for k, v in line.items() if k in _SHOWN}
+    if not shown:
+      return
     if self.bar is not None:
       self.bar.set_postfix({k: _fmt(v) for k, v in shown.items()}, refresh=False)
     else:
@@ -69,6 +77,8 @@ _SHOWN = ("loss", "eval_loss", "eval_perplexity", "grad_norm", "learning_rate", 
 
 
 def _py(v):
+  if isinstance(v, list):
+    return [_py(x) for x in v]
   v = v.item() if hasattr(v, "item") else v
   return None if isinstance(v, float) and not math.isfinite(v) else v
 

@@ -18,11 +18,15 @@ V vocab, L layers.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import placement
 from jaxtrain.sharding import constrain
 
 
@@ -44,20 +48,22 @@ class Linear(nnx.Module):
 
 
 class Norm(nnx.Module):
-  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+  """RMSNorm or LayerNorm over the last axis, computed in float32; `learnable=False` fixes the scale at 1."""
 
-  def __init__(self, dim, *, kind, eps, m, axis_name="embed"):
-    self.kind, self.eps = kind, eps
-    self.scale = nnx.Param(jnp.ones((dim,), jnp.dtype(m.param_dtype)), axes=(axis_name,))
-    if kind == "layernorm":
-      self.bias = nnx.Param(jnp.zeros((dim,), jnp.dtype(m.param_dtype)), axes=(axis_name,))
+  def __init__(self, dim, *, m, axis_name="embed", learnable=True):
+    self.kind, self.eps = m.norm.kind, m.norm.eps
+    dtype = jnp.dtype(m.param_dtype)
+    self.scale = nnx.Param(jnp.ones((dim,), dtype), axes=(axis_name,)) if learnable else None
+    self.bias = nnx.Param(jnp.zeros((dim,), dtype), axes=(axis_name,)) if learnable and self.kind == "layernorm" else None
 
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
     if self.kind == "layernorm":
       x32 = x32 - x32.mean(-1, keepdims=True)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps) * self.scale[...]
-    if self.kind == "layernorm":
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+    if self.scale is not None:
+      y = y * self.scale[...]
+    if self.bias is not None:
       y = y + self.bias[...]
     return y.astype(x.dtype)
 
@@ -83,8 +89,8 @@ class Attention(nnx.Module):
     self.wv = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs)
     self.wo = Linear("bthk,hkd->btd", (H, K, D), ("heads", None, "embed"), std=out_std, m=m, rngs=rngs)
     if m.qk_norm:
-      self.q_norm = Norm(K, kind=m.norm.kind, eps=m.norm.eps, m=m, axis_name=None)
-      self.k_norm = Norm(K, kind=m.norm.kind, eps=m.norm.eps, m=m, axis_name=None)
+      self.q_norm = Norm(K, m=m, axis_name=None)
+      self.k_norm = Norm(K, m=m, axis_name=None)
 
   def __call__(self, x_BTD):
     m = self.m
@@ -102,6 +108,8 @@ class Attention(nnx.Module):
     q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
     logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK).astype(jnp.float32) * K**-0.5
     causal_TS = jnp.tril(jnp.ones((T, T), bool))
+    # A diagnostic (Wortsman et al. 2023): unused unless the caller pops it, then XLA drops it.
+    self.sow(nnx.Intermediate, "max_logit", jnp.max(jnp.where(causal_TS, jnp.abs(logits_BGRTS), 0.0)))
     logits_BGRTS = jnp.where(causal_TS, logits_BGRTS, jnp.finfo(jnp.float32).min)
     probs_BGRTS = jax.nn.softmax(logits_BGRTS, axis=-1).astype(v_BTGK.dtype)
     out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs_BGRTS, v_BTGK)
@@ -128,20 +136,25 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """One transformer layer. `__call__` is where the norms and residuals are wired."""
+  """One transformer layer: attention and MLP branches, wired to their norms by `placement`."""
 
   def __init__(self, m, *, rngs):
-    out_std = m.init_std / (2 * m.num_layers) ** 0.5  # GPT-2: residual branches' last matmul shrinks with depth
-    self.attn_norm = Norm(m.d_model, kind=m.norm.kind, eps=m.norm.eps, m=m)
+    n = m.norm
+    out_std = m.init_std / (2 * m.num_layers) ** 0.5 if m.depth_scaled_init else m.init_std
+    self.tau = n.res_post_tau
+    self.attn_norm = Norm(m.d_model, m=m)
     self.attn = Attention(m, out_std=out_std, rngs=rngs)
-    self.mlp_norm = Norm(m.d_model, kind=m.norm.kind, eps=m.norm.eps, m=m)
+    self.mlp_norm = Norm(m.d_model, m=m)
     self.mlp = Mlp(m, out_std=out_std, rngs=rngs)
+    peri = placement.has_out_norm(n.placement)
+    self.attn_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
+    self.mlp_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
 
-  def __call__(self, x_BTD, layer):
-    """`layer` (0-based, traced under scan) lets the wiring differ per layer."""
-    del layer  # Pre-LN: the same in every layer.
-    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD))
-    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
+  def __call__(self, x_BTD, layer, kind: str):
+    """`layer` is 0-based (traced under scan); `kind` is this layer's wiring (see placement.py)."""
+    wire = functools.partial(placement.residual, kind, layer=layer, tau=self.tau)
+    x_BTD = wire(x_BTD, self.attn, self.attn_norm, self.attn_out_norm)
+    x_BTD = wire(x_BTD, self.mlp, self.mlp_norm, self.mlp_out_norm)
     return constrain(x_BTD, ("batch", None, None))
 
 
@@ -155,6 +168,7 @@ class Transformer(nnx.Module):
   """The language model: tokens_BT -> logits_BTV."""
 
   def __init__(self, m, *, rngs: nnx.Rngs):
+    m = ml_collections.FrozenConfigDict(m)  # hashable, so the graphdef can be a static jit argument
     self.m = m
     V, D = m.vocab_size, m.d_model
     self.embed = nnx.Param(
@@ -166,36 +180,71 @@ class Transformer(nnx.Module):
       return Block(m, rngs=rngs)
 
     self.blocks = make_blocks(rngs)
-    self.final_norm = Norm(D, kind=m.norm.kind, eps=m.norm.eps, m=m)
+    self.embed_norm = Norm(D, m=m) if m.norm.embed_norm else None
+    self.final_norm = Norm(D, m=m) if m.norm.final else None
     if not m.tie_embeddings:
       self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs)
 
   def __call__(self, tokens_BT):
     return self.logits(self.hidden(tokens_BT))
 
-  def hidden(self, tokens_BT):
-    """The final-norm input: the residual stream after the last block."""
+  def hidden(self, tokens_BT, *, skip=None, collect=False, keep_states=False):
+    """The residual stream after the last block (the final norm's input).
+
+    skip:    optional bool[L]: layer ℓ is replaced by the identity where skip[ℓ].
+    collect: also return per-layer statistics {name: [L] array}: `resid_var`
+             (mean over tokens of the variance over features, after each block),
+             `resid_max_abs` and `attn_max_logit` (max |q·k|/√K over causal pairs).
+    keep_states: with collect, add `states`: the residual stream entering each
+             layer and after the last, [L+1, B, T, D].
+    """
     m = self.m
     x_BTD = self.embed[...][tokens_BT].astype(m.compute_dtype)
+    if self.embed_norm is not None:
+      x_BTD = self.embed_norm(x_BTD)
     x_BTD = constrain(x_BTD, ("batch", None, None))
     block_def, block_params = nnx.split(self.blocks)
+    skip_L = jnp.zeros((m.num_layers,), bool) if skip is None else jnp.asarray(skip)
+    kinds = placement.layer_kinds(m.norm.placement, m.num_layers, m.norm.mix_post_fraction)
+    per_layer = []
+    for kind, first, end in placement.segments(kinds):  # Mix-LN: one scan per run of equal wiring
 
-    def apply_block(x_BTD, params_and_layer):
-      params, layer = params_and_layer
-      return nnx.merge(block_def, params)(x_BTD, layer), None
+      def apply_block(x_BTD, xs, kind=kind):
+        params, layer, skip = xs
+        block = nnx.merge(block_def, params)
+        y_BTD = block(x_BTD, layer, kind)
+        y_BTD = jnp.where(skip, x_BTD, y_BTD)
+        if not collect:
+          return y_BTD, None
+        y32 = y_BTD.astype(jnp.float32)
+        sown = jax.tree.leaves(nnx.pop(block, nnx.Intermediate))
+        stats = {"resid_var": jnp.mean(jnp.var(y32, axis=-1)), "resid_max_abs": jnp.max(jnp.abs(y32)),
+                 "attn_max_logit": sown[0] if sown else jnp.float32(jnp.nan)}
+        if keep_states:
+          stats["states"] = x_BTD
+        return y_BTD, stats
 
-    if m.remat != "none":
-      apply_block = jax.checkpoint(apply_block, policy=_REMAT[m.remat], prevent_cse=not m.scan_layers)
-    if m.scan_layers:
-      x_BTD, _ = jax.lax.scan(apply_block, x_BTD, (block_params, jnp.arange(m.num_layers)))
-    else:
-      for l in range(m.num_layers):
-        x_BTD, _ = apply_block(x_BTD, (jax.tree.map(lambda a: a[l], block_params), l))
-    return x_BTD
+      if m.remat != "none":
+        apply_block = jax.checkpoint(apply_block, policy=_REMAT[m.remat], prevent_cse=not m.scan_layers)
+      xs = (jax.tree.map(lambda a: a[first:end], block_params), jnp.arange(first, end), skip_L[first:end])
+      if m.scan_layers:
+        x_BTD, stats = jax.lax.scan(apply_block, x_BTD, xs)
+        per_layer.append(stats)
+      else:
+        for l in range(end - first):
+          x_BTD, stats = apply_block(x_BTD, jax.tree.map(lambda a: a[l], xs))
+          per_layer.append(jax.tree.map(lambda a: a[None], stats))
+    if not collect:
+      return x_BTD
+    stats = jax.tree.map(lambda *a: jnp.concatenate(a), *per_layer)
+    if keep_states:
+      stats["states"] = jnp.concatenate([stats["states"], x_BTD[None]])
+    return x_BTD, stats
 
   def logits(self, x_BTD):
     """The output head: final norm, then the (tied or untied) unembedding."""
-    x_BTD = self.final_norm(x_BTD)
+    if self.final_norm is not None:
+      x_BTD = self.final_norm(x_BTD)
     if self.m.tie_embeddings:
       logits_BTV = matmul("btd,vd->btv", x_BTD, self.embed[...], jnp.dtype(self.m.compute_dtype))
     else:

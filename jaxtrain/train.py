@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from jaxtrain import checkpoint, data, flops, losses, model, optim, sharding
+from jaxtrain import diagnostics as diagnostics_lib
 from jaxtrain import config as cfg_lib
 from jaxtrain.metrics import MetricWriter
 
@@ -50,14 +51,24 @@ def make_state_fn(config, tx):
   return init_state
 
 
-def make_train_step(config, graphdef, tx, lr_schedule):
-  """train_step(state, batch) -> (state, metrics), with gradient accumulation over microbatches."""
+def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False):
+  """train_step(state, batch) -> (state, metrics), with gradient accumulation over microbatches.
+
+  With `diagnostics`, metrics also hold per-layer arrays under `layers/...`
+  (see jaxtrain/diagnostics.py); they are averaged over microbatches.
+  """
   t = config.train
   num_micro = t.microbatches
 
   def loss_fn(params, batch):
-    logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
-    return losses.cross_entropy(logits_BTV, batch["targets"], z_loss=t.z_loss)
+    model_ = nnx.merge(graphdef, params)
+    if diagnostics:
+      x_BTD, layer_stats = model_.hidden(batch["inputs"], collect=True)
+      logits_BTV = model_.logits(x_BTD)
+    else:
+      logits_BTV, layer_stats = model_(batch["inputs"]), {}
+    loss, aux = losses.cross_entropy(logits_BTV, batch["targets"], z_loss=t.z_loss)
+    return loss, aux | {f"layers/{k}": v for k, v in layer_stats.items()}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -97,6 +108,9 @@ def make_train_step(config, graphdef, tx, lr_schedule):
     }
     if t.z_loss:
       metrics["z_loss"] = aux["z_loss"]
+    if diagnostics:
+      metrics |= {k: v for k, v in aux.items() if k.startswith("layers/")}
+      metrics["layers/grad_norm"] = diagnostics_lib.per_layer_norm(grads["blocks"])
     return new_state, metrics
 
   return train_step
@@ -121,6 +135,7 @@ class Program(NamedTuple):
   abstract_state: Any           # ShapeDtypeStructs with shardings, for restoring checkpoints
   init: Callable                # key -> state, placed on the mesh
   train_step: Callable          # (state, batch) -> (state, metrics); donates state
+  diagnostics_step: Callable    # the same, with per-layer diagnostics in the metrics
   eval_step: Callable           # (params, batch) -> (loss sum, token count)
   lr_schedule: Callable
 
@@ -141,9 +156,10 @@ def build(config, mesh) -> Program:
   }
   batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
   with jax.set_mesh(mesh):  # the mesh is in context while tracing, for the activations' constraints
-    train_step = jax.jit(make_train_step(config, graphdef, tx, lr_schedule),
-                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                         donate_argnums=(0,))
+    train_step, diagnostics_step = (
+        jax.jit(make_train_step(config, graphdef, tx, lr_schedule, diagnostics=d),
+                in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+        for d in (False, True))
     eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(param_sh, batch_sh))
     init = jax.jit(init_state, out_shardings=state_sh)
 
@@ -157,7 +173,7 @@ def build(config, mesh) -> Program:
   abstract_with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract_state, state_sh)
   return Program(mesh, graphdef, param_axes, abstract_with_sh, in_mesh(init), in_mesh(train_step),
-                 in_mesh(eval_step), lr_schedule)
+                 in_mesh(diagnostics_step), in_mesh(eval_step), lr_schedule)
 
 
 # ---------------------------------------------------------------- the loop
@@ -247,13 +263,17 @@ def train(config, workdir: str, devices=None) -> dict:
             f"step {step}: {', '.join(bad)} became {metrics[bad[0]]}; stopped without saving, the last good "
             f"checkpoint (step {last_saved}) is intact in {ckpt.directory}. Lower optim.lr, or set "
             "train.on_nonfinite=skip to skip bad updates")
-    history.append(metrics)
+    layer_rows = {k: v.tolist() for k, v in metrics.items() if k.startswith("layers/")}
+    if layer_rows:  # per-layer diagnostics get a line of their own
+      writer.write(step, layer_rows)
+    history.append({k: v for k, v in metrics.items() if k not in layer_rows})
 
   try:
     step = start
     while step < t.steps:
       batch = sharding.host_to_global(next(train_iter), mesh)
-      state, metrics = prog.train_step(state, batch)
+      diagnose = t.diagnostics_every and (step + 1) % t.diagnostics_every == 0
+      state, metrics = (prog.diagnostics_step if diagnose else prog.train_step)(state, batch)
       step += 1
       writer.advance()
       steps_since_mark += 1

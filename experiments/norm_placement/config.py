@@ -1,0 +1,34 @@
+"""The norm-placement study's model: deep and narrow, so depth effects show at CPU scale.
+
+  python -m jaxtrain --config=experiments/norm_placement/config.py:mix --workdir=runs/mix
+  python -m jaxtrain --config=experiments/norm_placement/config.py:lns,gpu --workdir=runs/lns_gpu
+
+The argument is `<placement>[,gpu]`: placement in pre|post|mix|peri|lns|res_post;
+`gpu` selects the larger model (24 layers, d_model 256, bfloat16 compute).
+Following the papers' code (ln_stablemax.md §1.3, §3.2): Adam with no weight
+decay, no gradient clipping, plain N(0, 0.02) init (no depth-scaled init, which
+weakens LNS), warmup 10% then cosine to 10% of the peak.
+"""
+
+from jaxtrain.config import base
+
+
+def get_config(arg="pre"):
+  placement, _, size = (arg or "pre").partition(",")
+  c = base()
+  c.model.norm.placement = placement
+  c.model.depth_scaled_init = False
+  c.model.update(num_layers=12, d_model=128, num_heads=4, mlp_dim=384, max_seq_len=128)
+  c.data.seq_len = 128
+  c.train.update(steps=500, global_batch=16, log_every=25, eval_every=125, eval_batches=8,
+                 checkpoint_every=125, diagnostics_every=50)
+  c.optim.update(lr=2e-3, warmup_steps=50, schedule="cosine", weight_decay=0.0, clip_norm=0.0, b2=0.999)
+  if size == "gpu":
+    c.model.update(num_layers=24, d_model=256, num_heads=4, mlp_dim=704, max_seq_len=256,
+                   compute_dtype="bfloat16")
+    c.data.seq_len = 256
+    c.train.update(steps=10_000, global_batch=128, eval_every=1000, checkpoint_every=1000, diagnostics_every=500)
+    c.optim.update(lr=1e-3, warmup_steps=1000)
+  elif size:
+    raise ValueError(f"unknown size {size!r}: use '<placement>' or '<placement>,gpu'")
+  return c

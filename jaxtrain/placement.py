@@ -1,0 +1,72 @@
+"""Where the norm goes: how each residual branch of a block is wired to its norms.
+
+A block has two residual branches, f = attention and f = MLP. Layer ℓ (0-based,
+L layers) wires each as one of:
+
+    pre       x + f(N(x))                        Pre-LN (Xiong et al. 2020, arXiv 2002.04745)
+    post      N(x + f(x))                        Post-LN (Vaswani et al. 2017)
+    mix       post if ℓ < ⌊α·L⌋, else pre        Mix-LN (Li, Yin, Liu; ICLR 2025, arXiv 2412.13795)
+    peri      x + N_out(f(N_in(x)))              Peri-LN (Kim et al.; ICML 2025, arXiv 2502.02732)
+    lns       x + f(N(x) / √(ℓ+1))               LayerNorm Scaling, "The Curse of Depth"
+                                                 (Sun et al.; NeurIPS 2025, arXiv 2502.05795)
+    res_post  √(1-τ)·x + √τ·N(f(x))              Res-Post-LN with a fixed τ (μnit Scaling)
+
+As in the papers' code: Mix-LN's α defaults to 0.25; LNS scales both pre-norm
+outputs of a block by the same constant 1/√ℓ (ℓ 1-based), never the final norm,
+the embedding or the residual; Peri-LN's output norms have a learnable scale
+initialized to 1 (optionally frozen); every placement keeps the final norm before
+the LM head.
+
+Mix-LN differs between layers, so `layer_kinds` says, per layer, which wiring
+applies; the model runs each run of equal kinds under its own `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")
+
+
+def layer_kinds(placement: str, num_layers: int, mix_post_fraction: float = 0.25) -> list[str]:
+  """The wiring of each layer: Mix-LN's first ⌊αL⌋ layers are `post`, the rest `pre`."""
+  if placement == "mix":
+    k = int(mix_post_fraction * num_layers)
+    return ["post"] * k + ["pre"] * (num_layers - k)
+  return [placement] * num_layers
+
+
+def segments(kinds: list[str]) -> list[tuple[str, int, int]]:
+  """Runs of equal kinds as (kind, first layer, end layer): ['post','pre','pre'] -> [('post',0,1), ('pre',1,3)]."""
+  out = []
+  for l, kind in enumerate(kinds):
+    if out and out[-1][0] == kind:
+      out[-1] = (kind, out[-1][1], l + 1)
+    else:
+      out.append((kind, l, l + 1))
+  return out
+
+
+def has_out_norm(placement: str) -> bool:
+  """Only Peri-LN has a second norm per branch, on the branch's output."""
+  return placement == "peri"
+
+
+def residual(kind: str, x, f, norm, out_norm=None, *, layer=0, tau: float = 0.5):
+  """One residual branch: x -> x + f(...) wired as `kind`.
+
+  `layer` (0-based, may be a traced scan index) matters only for `lns`.
+  """
+  if kind == "pre":
+    return x + f(norm(x))
+  if kind == "post":
+    return norm(x + f(x))
+  if kind == "peri":
+    return x + out_norm(f(norm(x)))
+  if kind == "lns":
+    scale = jax.lax.rsqrt(jnp.asarray(layer, jnp.float32) + 1.0)
+    return x + f((norm(x) * scale).astype(x.dtype))
+  if kind == "res_post":
+    return (jnp.sqrt(1.0 - tau) * x + jnp.sqrt(tau) * norm(f(x))).astype(x.dtype)
+  raise ValueError(f"unknown norm placement {kind!r}; choose one of {PLACEMENTS}")
