@@ -93,6 +93,10 @@ class Attention(nnx.Module):
       self.k_norm = Norm(K, m=m, axis_name=None)
 
   def __call__(self, x_BTD):
+    return self.attend(x_BTD)[0]
+
+  def attend(self, x_BTD):
+    """(output, max |q·k|/√K over causal pairs; NaN where the fused kernel hides the logits)."""
     m = self.m
     q_BTHK = constrain(self.wq(x_BTD), ("batch", None, "heads", None))
     k_BTGK = constrain(self.wk(x_BTD), ("batch", None, "kv_heads", None))
@@ -102,18 +106,18 @@ class Attention(nnx.Module):
     q_BTHK, k_BTGK = rope(q_BTHK, m.rope_theta), rope(k_BTGK, m.rope_theta)
     if m.attention == "cudnn":
       out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True, implementation="cudnn")
-      return self.wo(out_BTHK)
+      return self.wo(out_BTHK), jnp.float32(jnp.nan)
     B, T, H, K = q_BTHK.shape
     G = k_BTGK.shape[2]
     q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
     logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK).astype(jnp.float32) * K**-0.5
     causal_TS = jnp.tril(jnp.ones((T, T), bool))
-    # A diagnostic (Wortsman et al. 2023): unused unless the caller pops it, then XLA drops it.
-    self.sow(nnx.Intermediate, "max_logit", jnp.max(jnp.where(causal_TS, jnp.abs(logits_BGRTS), 0.0)))
+    # A diagnostic (Wortsman et al. 2023); XLA drops it when nobody reads it.
+    max_logit = jnp.max(jnp.where(causal_TS, jnp.abs(logits_BGRTS), 0.0))
     logits_BGRTS = jnp.where(causal_TS, logits_BGRTS, jnp.finfo(jnp.float32).min)
     probs_BGRTS = jax.nn.softmax(logits_BGRTS, axis=-1).astype(v_BTGK.dtype)
     out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs_BGRTS, v_BTGK)
-    return self.wo(out_BTGRK.reshape(B, T, H, K))
+    return self.wo(out_BTGRK.reshape(B, T, H, K)), max_logit
 
 
 class Mlp(nnx.Module):
@@ -150,12 +154,22 @@ class Block(nnx.Module):
     self.attn_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
     self.mlp_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
 
-  def __call__(self, x_BTD, layer, kind: str):
-    """`layer` is 0-based (traced under scan); `kind` is this layer's wiring (see placement.py)."""
+  def __call__(self, x_BTD, layer, kind: str, collect: bool = False):
+    """`layer` is 0-based (traced under scan); `kind` is this layer's wiring (see placement.py).
+
+    With `collect`, returns (output, {"attn_max_logit": ...}).
+    """
+    stats = {}
+
+    def attn(h_BTD):
+      out_BTD, stats["attn_max_logit"] = self.attn.attend(h_BTD)
+      return out_BTD
+
     wire = functools.partial(placement.residual, kind, layer=layer, tau=self.tau)
-    x_BTD = wire(x_BTD, self.attn, self.attn_norm, self.attn_out_norm)
+    x_BTD = wire(x_BTD, attn, self.attn_norm, self.attn_out_norm)
     x_BTD = wire(x_BTD, self.mlp, self.mlp_norm, self.mlp_out_norm)
-    return constrain(x_BTD, ("batch", None, None))
+    x_BTD = constrain(x_BTD, ("batch", None, None))
+    return (x_BTD, stats) if collect else x_BTD
 
 
 _REMAT = {
@@ -211,15 +225,12 @@ class Transformer(nnx.Module):
 
       def apply_block(x_BTD, xs, kind=kind):
         params, layer, skip = xs
-        block = nnx.merge(block_def, params)
-        y_BTD = block(x_BTD, layer, kind)
+        y_BTD, stats = nnx.merge(block_def, params)(x_BTD, layer, kind, collect=True)
         y_BTD = jnp.where(skip, x_BTD, y_BTD)
         if not collect:
           return y_BTD, None
         y32 = y_BTD.astype(jnp.float32)
-        sown = jax.tree.leaves(nnx.pop(block, nnx.Intermediate))
-        stats = {"resid_var": jnp.mean(jnp.var(y32, axis=-1)), "resid_max_abs": jnp.max(jnp.abs(y32)),
-                 "attn_max_logit": sown[0] if sown else jnp.float32(jnp.nan)}
+        stats |= {"resid_var": jnp.mean(jnp.var(y32, axis=-1)), "resid_max_abs": jnp.max(jnp.abs(y32))}
         if keep_states:
           stats["states"] = x_BTD
         return y_BTD, stats
