@@ -218,7 +218,8 @@ class Transformer(nnx.Module):
       x_BTD = self.embed_norm(x_BTD)
     x_BTD = constrain(x_BTD, ("batch", None, None))
     block_def, block_params = nnx.split(self.blocks)
-    skip_L = jnp.zeros((m.num_layers,), bool) if skip is None else jnp.asarray(skip)
+    skip_L = jnp.zeros((m.num_layers,), bool) if skip is None else jnp.asarray(skip, bool)
+    skip_given = skip is not None
     kinds = placement.layer_kinds(m.norm.placement, m.num_layers, m.norm.mix_post_fraction)
     per_layer = []
     for kind, first, end in placement.segments(kinds):  # Mix-LN: one scan per run of equal wiring
@@ -226,7 +227,8 @@ class Transformer(nnx.Module):
       def apply_block(x_BTD, xs, kind=kind):
         params, layer, skip = xs
         y_BTD, stats = nnx.merge(block_def, params)(x_BTD, layer, kind, collect=True)
-        y_BTD = jnp.where(skip, x_BTD, y_BTD)
+        if skip_given:  # the identity in place of skipped layers
+          y_BTD = jnp.where(skip, x_BTD, y_BTD)
         if not collect:
           return y_BTD, None
         y32 = y_BTD.astype(jnp.float32)
