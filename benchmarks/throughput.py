@@ -1,0 +1,207 @@
+"""Training throughput of the real jaxtrain train step on random tokens.
+
+    python benchmarks/throughput.py                       # the issue's benchmark config
+    python benchmarks/throughput.py --dtype bfloat16 --batch 32 --json out.json
+
+Builds the model, optimizer and train step exactly as `jaxtrain.train.train` does
+(`make_state_fn`, `make_train_step`, `optim.make`, the same mesh, shardings and
+donation), compiles it once, runs `--warmup` steps, then times `--steps` steps one
+by one (each ended by block_until_ready) and prints: step time (median, best),
+tokens/s, model FLOP/s by `jaxtrain.flops.train_flops_per_step`, this machine's
+measured matmul ceiling (the best of several square sizes) and the ratio of the
+two, compile time and the compiled step's per-device memory.
+
+No dataset is read: the batch is uniform random tokens, so this runs on a machine
+without grain or tensorflow-datasets. See benchmarks/README.md for results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+
+# XLA flags must be set before JAX starts its backends. See README.md, "XLA flags".
+CPU_XLA_FLAGS: list[str] = []
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--steps", type=int, default=20, help="timed steps")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+  p.add_argument("--d_model", type=int, default=512)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--seq", type=int, default=256)
+  p.add_argument("--batch", type=int, default=8, help="global batch (sequences per step)")
+  p.add_argument("--vocab", type=int, default=256)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
+  p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+  p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True, help="scan_layers")
+  p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
+                 help="square matmul sizes n for the ceiling; the best rate is the ceiling")
+  p.add_argument("--xla_flags", action=argparse.BooleanOptionalAction, default=True,
+                 help=f"add the benchmark's CPU XLA flags {CPU_XLA_FLAGS or '(none at present)'} to XLA_FLAGS")
+  p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+  return p.parse_args(argv)
+
+
+def import_train():
+  """jaxtrain.train without jaxtrain.data (grain, tensorflow-datasets), which the benchmark never uses.
+
+  train.py imports `data` at module level for `train()`; the step builders do not
+  touch it, so an empty stand-in module is enough if the real one is not loaded yet.
+  """
+  if "jaxtrain.data" not in sys.modules:
+    stub = types.ModuleType("jaxtrain.data")
+    stub.__doc__ = "stand-in installed by benchmarks/throughput.py: no data pipeline is needed"
+    sys.modules["jaxtrain.data"] = stub
+  from jaxtrain import train  # pylint: disable=g-import-not-at-top
+  return train
+
+
+def make_config(args):
+  from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
+  c = cfg_lib.base()
+  c.model.update(d_model=args.d_model, num_layers=args.layers, num_heads=args.heads, vocab_size=args.vocab,
+                 compute_dtype=args.dtype, remat=args.remat, scan_layers=args.scan,
+                 max_seq_len=max(args.seq, c.model.max_seq_len))
+  c.data.seq_len = args.seq
+  steps = args.warmup + args.steps + 1
+  c.train.update(global_batch=args.batch, steps=steps)
+  c.optim.warmup_steps = min(c.optim.warmup_steps, steps)
+  return c
+
+
+def mib(n):
+  return n / 2**20
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  if args.xla_flags and CPU_XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + CPU_XLA_FLAGS).strip()
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from jaxtrain import config as cfg_lib, flops, model, optim, sharding  # pylint: disable=g-import-not-at-top
+  train = import_train()
+
+  config = make_config(args)
+  m, t = config.model, config.train
+  mesh_shape = cfg_lib.validate(config, jax.device_count())
+  dev = jax.devices()[0]
+  machine = {
+      "platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
+      "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+      "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+  }
+  print(f"date:     {machine['date']}")
+  print(f"machine:  {machine['platform']} / {machine['device_kind']} x{machine['device_count']}, "
+        f"{machine['cpu_count']} CPUs ({machine['cpu']}), jax {machine['jax']}")
+  print(f"XLA_FLAGS: {machine['xla_flags'] or '(none)'}")
+
+  # ------------------------------------------------ model, optimizer, steps: train.build, as train.train() does
+  mesh = sharding.make_mesh(mesh_shape)
+  prog = train.build(config, mesh)
+  batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
+  n_params = model.count_params(prog.abstract_state["params"])
+  F = cfg_lib.mlp_dim(m)
+  print(f"model:    d_model {m.d_model}, {m.num_layers} layers, {m.num_heads} heads, mlp {m.mlp} {F}, "
+        f"vocab {m.vocab_size}, {m.norm.kind} ({m.norm.placement}), tied={m.tie_embeddings}, "
+        f"scan={m.scan_layers}, remat={m.remat}, compute {m.compute_dtype}; {n_params / 1e6:.2f}M parameters")
+  print(f"batch:    {t.global_batch} x {config.data.seq_len} tokens, AdamW (jaxtrain.optim.make)")
+  state = prog.init(jax.random.key(config.seed))
+  jitted = prog.train_step.jitted
+
+  rng = np.random.default_rng(0)
+  def random_batch():
+    tok = rng.integers(0, m.vocab_size, (t.global_batch, config.data.seq_len + 1), dtype=np.int32)
+    return {k: jax.device_put(v, batch_sh) for k, v in (("inputs", tok[:, :-1]), ("targets", tok[:, 1:]))}
+  batches = [random_batch() for _ in range(4)]
+
+  # ------------------------------------------------ compile
+  with jax.set_mesh(mesh):
+    t0 = time.perf_counter()
+    lowered = jitted.lower(state, batches[0])
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+  mem = compiled.memory_analysis()
+  memory = {k: getattr(mem, f"{k}_size_in_bytes", None) for k in
+            ("argument", "output", "alias", "temp", "generated_code")} if mem is not None else {}
+  print(f"compile:  {t2 - t0:.2f} s (trace+lower {t1 - t0:.2f} s, XLA compile {t2 - t1:.2f} s)")
+  if memory:
+    print("memory:   per device: " + ", ".join(f"{k} {mib(v):.1f} MiB" for k, v in memory.items() if v is not None))
+
+  # ------------------------------------------------ run
+  for i in range(args.warmup):
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+  times = []
+  for i in range(args.steps):
+    s = time.perf_counter()
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - s)
+  loss = float(metrics["loss"])
+
+  # ------------------------------------------------ ceiling: the best square matmul of several sizes
+  sizes = [int(n) for n in args.ceiling_sizes.split(",") if n]
+  by_size = {n: flops.measured_matmul_flops(m.compute_dtype, n) for n in sizes}
+  best_n = max(by_size, key=by_size.get)
+  ceiling = by_size[best_n] * jax.process_count()  # per host, like flops.peak_flops on CPU
+  table_peak, table_src = flops.peak_flops(m.compute_dtype, devices=jax.devices()) if dev.platform != "cpu" else (None, None)
+
+  step_flops = flops.train_flops_per_step(m, config.data.seq_len, t.global_batch)
+  tokens = t.global_batch * config.data.seq_len
+  med, best = statistics.median(times), min(times)
+  res = {
+      "machine": machine,
+      "config": {"d_model": m.d_model, "layers": m.num_layers, "heads": m.num_heads, "mlp_dim": F,
+                 "seq": config.data.seq_len, "batch": t.global_batch, "vocab": m.vocab_size,
+                 "dtype": m.compute_dtype, "remat": m.remat, "scan": m.scan_layers, "params": n_params},
+      "steps": args.steps, "warmup": args.warmup, "final_loss": loss,
+      "step_time_median_s": med, "step_time_best_s": best,
+      "tokens_per_s_median": tokens / med, "tokens_per_s_best": tokens / best,
+      "model_flops_per_step": step_flops,
+      "model_flops_per_s_median": step_flops / med, "model_flops_per_s_best": step_flops / best,
+      "ceiling_flops_per_s": ceiling, "ceiling_matmul_n": best_n,
+      "ceiling_by_size": {str(n): r for n, r in by_size.items()},
+      "ratio_median": step_flops / med / ceiling, "ratio_best": step_flops / best / ceiling,
+      "compile_s": t2 - t0, "lower_s": t1 - t0, "xla_compile_s": t2 - t1, "memory_bytes": memory,
+  }
+  if table_peak:
+    res.update(table_peak_flops_per_s=table_peak, table_peak_source=table_src, mfu_median=step_flops / med / table_peak)
+
+  print(f"steps:    {args.steps} timed after {args.warmup} warmup; final loss {loss:.3f}")
+  print(f"step:     median {med * 1e3:.1f} ms, best {best * 1e3:.1f} ms")
+  print(f"tokens/s: median {tokens / med:,.0f}, best {tokens / best:,.0f}")
+  print(f"model:    {step_flops / 1e9:.3f} GFLOP/step -> {step_flops / med / 1e9:.1f} GFLOP/s median, "
+        f"{step_flops / best / 1e9:.1f} best")
+  print("ceiling:  " + ", ".join(f"{n}^3 {r / 1e9:.1f}" for n, r in by_size.items())
+        + f" GFLOP/s ({m.compute_dtype} matmul)")
+  print(f"          ceiling = {ceiling / 1e9:.1f} GFLOP/s (n={best_n})")
+  print(f"ratio:    {res['ratio_median']:.1%} of the ceiling (median step), {res['ratio_best']:.1%} (best step)")
+  if table_peak:
+    print(f"MFU:      {res['mfu_median']:.1%} of {table_peak / 1e12:.0f} TFLOP/s ({table_src})")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(res, f, indent=2)
+    print(f"wrote {args.json}")
+  return res
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  main()
