@@ -1,0 +1,114 @@
+"""Softmax Collapse and naive loss minimization, measured while they happen.
+
+Prieto et al., "Grokking at the Edge of Numerical Stability" (ICLR 2025,
+arXiv 2501.04697), sec. 3-5. Once a classifier fits its training set, the
+cross-entropy can still fall by scaling the logits up without changing a
+prediction (naive loss minimization, NLM; for a bias-free ReLU network that
+direction is the weights themselves). The logits' gaps grow until
+Σ_j exp(z_j - z_max) rounds to exactly 1 in the loss's precision (Softmax
+Collapse, SC): the example's loss and its correct class's gradient are then
+exactly 0 and it stops contributing to learning.
+
+The metrics (pure functions, cheap enough to compute every step under jit):
+- SC fraction: share of examples whose normalizer is absorbed by its largest
+  term; compute it in the loss's dtype (float32 collapses at a gap of about
+  ln(C-1) + 17, float64 at about ln(C-1) + 36).
+- zero-loss fraction: share of examples whose loss is exactly 0.
+- weight norm, global and per tensor: NLM shows as steady growth.
+- cosine between gradient and weights, global and per tensor: ⟨g, θ⟩ / (‖g‖‖θ‖).
+  Gradient descent moves along -g, so a cosine near -1 means the step mostly
+  scales the weights up, i.e. NLM; ⊥Grad (`jaxtrain.orthograd`) makes it 0.
+
+Everything computes in the dtype of its inputs: cast the logits to the loss's
+dtype first (`jaxtrain.losses.collapse_stats` does, float64 included).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrain import stablemax
+
+
+def absorbed(terms_NV: jax.Array) -> jax.Array:
+  """Per example, whether Σ_j terms_j rounds to exactly the largest term (terms > 0)."""
+  top_N1 = jnp.max(terms_NV, axis=-1, keepdims=True)
+  return jnp.sum(terms_NV / top_N1, axis=-1) == 1
+
+
+def softmax_collapsed(logits_NV: jax.Array) -> jax.Array:
+  """Per example: Σ_j exp(z_j - max z) == 1 exactly (the paper's SC test), in the logits' dtype."""
+  z_NV = logits_NV - jnp.max(logits_NV, axis=-1, keepdims=True)
+  return jnp.sum(jnp.exp(z_NV), axis=-1) == 1
+
+
+def stablemax_collapsed(logits_NV: jax.Array) -> jax.Array:
+  """Per example: Σ_j s(z_j) rounds to s(max z), StableMax's counterpart of SC.
+
+  s is not shift-invariant, so this divides by the top term instead of
+  subtracting the top logit; the absorption it detects needs gaps of order
+  1/machine-epsilon, so in practice it stays 0.
+  """
+  return absorbed(stablemax.s(logits_NV))
+
+
+def collapsed(logits_NV: jax.Array, output: str = "softmax") -> jax.Array:
+  """Per-example collapse flags for the output activation `output` (softmax | stablemax)."""
+  if output == "softmax":
+    return softmax_collapsed(logits_NV)
+  if output == "stablemax":
+    return stablemax_collapsed(logits_NV)
+  raise ValueError(f"unknown output activation {output!r}; use softmax or stablemax")
+
+
+def _fraction(flags, mask):
+  flags = flags.astype(jnp.float32)
+  if mask is None:
+    return jnp.mean(flags)
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(flags * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def sc_fraction(logits_NV: jax.Array, output: str = "softmax", mask=None) -> jax.Array:
+  """Share of examples (rows over the last axis; `mask` selects some) in Softmax Collapse."""
+  return _fraction(collapsed(logits_NV, output), mask)
+
+
+def zero_loss_fraction(loss_N: jax.Array, mask=None) -> jax.Array:
+  """Share of examples whose loss is exactly 0; pass the per-example loss in its own dtype."""
+  return _fraction(loss_N == 0, mask)
+
+
+# ---------------------------------------------------------------- weights and gradients
+
+
+def _sq(x):
+  x = x.astype(jnp.float32)
+  return jnp.sum(x * x)
+
+
+def weight_norms(params) -> tuple[jax.Array, object]:
+  """(global L2 norm of all parameters, the same tree with each tensor's L2 norm)."""
+  per = jax.tree.map(lambda w: jnp.sqrt(_sq(w)), params)
+  return jnp.sqrt(sum(jnp.square(n) for n in jax.tree.leaves(per))), per
+
+
+def grad_weight_cosine(grads, params, eps: float = 1e-30) -> tuple[jax.Array, object]:
+  """(global cosine ⟨g, θ⟩ / (‖g‖‖θ‖) over all parameters, the same per tensor).
+
+  Negative: the descent step -g grows the weights along themselves (NLM at -1).
+  """
+  dot = lambda g, w: jnp.sum(g.astype(jnp.float32) * w.astype(jnp.float32))
+  dots = jax.tree.map(dot, grads, params)
+  g_sq, w_sq = jax.tree.map(_sq, grads), jax.tree.map(_sq, params)
+  per = jax.tree.map(lambda d, a, b: d / (jnp.sqrt(a * b) + eps), dots, g_sq, w_sq)
+  total = lambda t: sum(jax.tree.leaves(t))
+  return total(dots) / (jnp.sqrt(total(g_sq) * total(w_sq)) + eps), per
+
+
+def flatten(tree, prefix: str) -> dict[str, jax.Array]:
+  """A tree of per-tensor scalars as flat metric names: {'prefix/blocks/attn/wq/w': x, ...}."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  name = lambda path: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return {f"{prefix}/{name(p)}": v for p, v in leaves}
