@@ -3,13 +3,15 @@
     python benchmarks/throughput.py                       # the benchmark config
     python benchmarks/throughput.py --dtype bfloat16 --batch 32 --json out.json
 
-Builds the model, optimizer and train step exactly as `jaxtrain.train.train` does
-(`make_state_fn`, `make_train_step`, `optim.make`, the same mesh, shardings and
-donation), compiles it once, runs `--warmup` steps, then times `--steps` steps one
-by one (each ended by block_until_ready) and prints: step time (median, best),
+Builds the model, optimizer and train step with `jaxtrain.train.build`, as
+`jaxtrain.train.train` does (the same mesh, shardings, donation and malloc
+setting), compiles it once, runs `--warmup` steps, then times `--steps` steps one
+by one (each ended by block_until_ready, each followed by a ceiling matmul) and prints: step time (median, best),
 tokens/s, model FLOP/s by `jaxtrain.flops.train_flops_per_step`, this machine's
 measured matmul ceiling (the best of several square sizes) and the ratio of the
-two, compile time and the compiled step's per-device memory.
+two, compile time and the compiled step's per-device memory. The ceiling is
+measured before and after the timed steps and the higher figure is used, so a
+machine that was briefly busy does not lower the ceiling (and flatter the ratio).
 
 No dataset is read: the batch is uniform random tokens, so this runs on a machine
 without grain or tensorflow-datasets. See benchmarks/README.md for results.
@@ -27,8 +29,6 @@ import sys
 import time
 import types
 
-# XLA flags must be set before JAX starts its backends. See README.md, "XLA flags".
-CPU_XLA_FLAGS: list[str] = []
 
 
 def parse_args(argv=None):
@@ -47,8 +47,6 @@ def parse_args(argv=None):
   p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True, help="scan_layers")
   p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
                  help="square matmul sizes n for the ceiling; the best rate is the ceiling")
-  p.add_argument("--xla_flags", action=argparse.BooleanOptionalAction, default=True,
-                 help=f"add the benchmark's CPU XLA flags {CPU_XLA_FLAGS or '(none at present)'} to XLA_FLAGS")
   p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
   return p.parse_args(argv)
 
@@ -86,8 +84,8 @@ def mib(n):
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  if args.xla_flags and CPU_XLA_FLAGS:
-    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + CPU_XLA_FLAGS).strip()
+  from jaxtrain import malloc  # pylint: disable=g-import-not-at-top
+  malloc_tuned = malloc.reuse_freed_memory()  # as `python -m jaxtrain` does, before JAX starts
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -103,13 +101,14 @@ def main(argv=None) -> dict:
   machine = {
       "platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
       "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-      "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuned": malloc_tuned,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
   }
   print(f"date:     {machine['date']}")
   print(f"machine:  {machine['platform']} / {machine['device_kind']} x{machine['device_count']}, "
         f"{machine['cpu_count']} CPUs ({machine['cpu']}), jax {machine['jax']}")
-  print(f"XLA_FLAGS: {machine['xla_flags'] or '(none)'}")
+  print(f"XLA_FLAGS: {machine['xla_flags'] or '(none)'}; malloc: "
+        f"{'jaxtrain.malloc.reuse_freed_memory()' if malloc_tuned else 'default (not tuned)'}")
 
   # ------------------------------------------------ model, optimizer, steps: train.build, as train.train() does
   mesh = sharding.make_mesh(mesh_shape)
@@ -130,6 +129,10 @@ def main(argv=None) -> dict:
     return {k: jax.device_put(v, batch_sh) for k, v in (("inputs", tok[:, :-1]), ("targets", tok[:, 1:]))}
   batches = [random_batch() for _ in range(4)]
 
+  # ------------------------------------------------ ceiling, measured before and after the steps (the best counts)
+  sizes = [int(n) for n in args.ceiling_sizes.split(",") if n]
+  before = {n: flops.time_matmul(m.compute_dtype, n) for n in sizes}
+
   # ------------------------------------------------ compile
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
@@ -144,21 +147,23 @@ def main(argv=None) -> dict:
   if memory:
     print("memory:   per device: " + ", ".join(f"{k} {mib(v):.1f} MiB" for k, v in memory.items() if v is not None))
 
-  # ------------------------------------------------ run
+  # ------------------------------------------------ run: each step paired with a ceiling matmul right after it
+  # A shared or throttled machine changes speed from minute to minute; the paired ratio
+  # compares a step with the ceiling measured under the same conditions.
+  pair_n = max(before, key=before.get)
   for i in range(args.warmup):
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready((state, metrics))
-  times = []
+  times, paired = [], []
   for i in range(args.steps):
     s = time.perf_counter()
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - s)
+    paired.append(flops.time_matmul(m.compute_dtype, pair_n, repeats=3))
   loss = float(metrics["loss"])
 
-  # ------------------------------------------------ ceiling: the best square matmul of several sizes
-  sizes = [int(n) for n in args.ceiling_sizes.split(",") if n]
-  by_size = {n: flops.measured_matmul_flops(m.compute_dtype, n) for n in sizes}
+  by_size = {n: max(before[n], flops.time_matmul(m.compute_dtype, n)) for n in sizes}
   best_n = max(by_size, key=by_size.get)
   ceiling = by_size[best_n] * jax.process_count()  # per host, like flops.peak_flops on CPU
   table_peak, table_src = flops.peak_flops(m.compute_dtype, devices=jax.devices()) if dev.platform != "cpu" else (None, None)
@@ -179,6 +184,8 @@ def main(argv=None) -> dict:
       "ceiling_flops_per_s": ceiling, "ceiling_matmul_n": best_n,
       "ceiling_by_size": {str(n): r for n, r in by_size.items()},
       "ratio_median": step_flops / med / ceiling, "ratio_best": step_flops / best / ceiling,
+      "ratio_paired_median": statistics.median(step_flops / t / c for t, c in zip(times, paired)),
+      "paired_ceiling_n": pair_n, "paired_ceiling_median_flops_per_s": statistics.median(paired),
       "compile_s": t2 - t0, "lower_s": t1 - t0, "xla_compile_s": t2 - t1, "memory_bytes": memory,
   }
   if table_peak:
@@ -193,6 +200,8 @@ def main(argv=None) -> dict:
         + f" GFLOP/s ({m.compute_dtype} matmul)")
   print(f"          ceiling = {ceiling / 1e9:.1f} GFLOP/s (n={best_n})")
   print(f"ratio:    {res['ratio_median']:.1%} of the ceiling (median step), {res['ratio_best']:.1%} (best step)")
+  print(f"paired:   {res['ratio_paired_median']:.1%} (median over steps of step FLOP/s / a {pair_n}^3 matmul timed right "
+        f"after it; those matmuls: median {res['paired_ceiling_median_flops_per_s'] / 1e9:.1f} GFLOP/s)")
   if table_peak:
     print(f"MFU:      {res['mfu_median']:.1%} of {table_peak / 1e12:.0f} TFLOP/s ({table_src})")
   if args.json:

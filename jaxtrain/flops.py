@@ -53,7 +53,12 @@ PEAK_FLOPS = {
 
 @functools.lru_cache(maxsize=None)
 def measured_matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-  """This host's matmul ceiling: the best of `repeats` timed n×n×n matmuls, in FLOP/s.
+  """This host's matmul ceiling, measured once per process: see `time_matmul`."""
+  return time_matmul(dtype, n, repeats)
+
+
+def time_matmul(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+  """The best of `repeats` timed n×n×n matmuls, in FLOP/s.
 
   On CPU it covers all cores of the host (JAX's CPU client uses all of them).
   """

@@ -107,35 +107,85 @@ class Attention(nnx.Module):
     if m.attention == "cudnn":
       out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True, implementation="cudnn")
       return self.wo(out_BTHK), jnp.float32(jnp.nan)
-    B, T, H, K = q_BTHK.shape
-    G = k_BTGK.shape[2]
-    q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
-    logits_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK).astype(jnp.float32) * K**-0.5
-    causal_TS = jnp.tril(jnp.ones((T, T), bool))
-    # A diagnostic (Wortsman et al. 2023); XLA drops it when nobody reads it.
-    max_logit = jnp.max(jnp.where(causal_TS, jnp.abs(logits_BGRTS), 0.0))
-    logits_BGRTS = jnp.where(causal_TS, logits_BGRTS, jnp.finfo(jnp.float32).min)
-    probs_BGRTS = jax.nn.softmax(logits_BGRTS, axis=-1).astype(v_BTGK.dtype)
-    out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs_BGRTS, v_BTGK)
-    return self.wo(out_BTGRK.reshape(B, T, H, K)), max_logit
+    out_BTHK, max_logit = causal_attention(q_BTHK, k_BTGK, v_BTGK)
+    return self.wo(out_BTHK), max_logit
+
+
+def _causal_logits(q_BGRTK, k_BGSK):
+  """q·k/√K in float32, with -big above the diagonal (exp gives exactly 0 there)."""
+  T, K = q_BGRTK.shape[-2:]
+  logits_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", q_BGRTK, k_BGSK, preferred_element_type=jnp.float32) * K**-0.5
+  causal_TS = jnp.tril(jnp.ones((T, T), bool))
+  return jnp.where(causal_TS, logits_BGRTS, jnp.finfo(jnp.float32).min), causal_TS
+
+
+def _heads_first(q_BTHK, k_BTGK, v_BTGK):
+  B, T, H, K = q_BTHK.shape
+  G = k_BTGK.shape[2]
+  q_BGRTK = q_BTHK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
+  return q_BGRTK, k_BTGK.transpose(0, 2, 1, 3), v_BTGK.transpose(0, 2, 1, 3)
+
+
+def _attention_fwd(q_BTHK, k_BTGK, v_BTGK):
+  q, k, v = _heads_first(q_BTHK, k_BTGK, v_BTGK)
+  logits_BGRTS, causal_TS = _causal_logits(q, k)
+  max_logit = jnp.max(jnp.where(causal_TS, jnp.abs(logits_BGRTS), 0.0))  # dropped by XLA when unread
+  m_BGRT1 = jnp.max(logits_BGRTS, axis=-1, keepdims=True)
+  e_BGRTS = jnp.exp(logits_BGRTS - m_BGRT1)
+  s_BGRT1 = jnp.sum(e_BGRTS, axis=-1, keepdims=True)
+  o_BGRTK = (jnp.einsum("bgrts,bgsk->bgrtk", e_BGRTS.astype(v.dtype), v, preferred_element_type=jnp.float32)
+             / s_BGRT1).astype(v.dtype)
+  B, G, R, T, K = o_BGRTK.shape
+  out_BTHK = o_BGRTK.transpose(0, 3, 1, 2, 4).reshape(B, T, G * R, K)
+  return (out_BTHK, max_logit), (q, k, v, o_BGRTK, m_BGRT1 + jnp.log(s_BGRT1))
+
+
+def _attention_bwd(res, cotangents):
+  q, k, v, o_BGRTK, lse_BGRT1 = res
+  dout_BTHK, _ = cotangents  # max_logit is a diagnostic: no gradient flows through it
+  B, G, R, T, K = q.shape
+  do_BGRTK = dout_BTHK.reshape(B, T, G, R, K).transpose(0, 2, 3, 1, 4)
+  p_BGRTS = jnp.exp(_causal_logits(q, k)[0] - lse_BGRT1)  # recomputed, not stored: T×T per head is the big tensor
+  dv_BGSK = jnp.einsum("bgrts,bgrtk->bgsk", p_BGRTS.astype(v.dtype), do_BGRTK)
+  dp_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", do_BGRTK, v, preferred_element_type=jnp.float32)
+  delta_BGRT1 = jnp.sum(do_BGRTK.astype(jnp.float32) * o_BGRTK.astype(jnp.float32), axis=-1, keepdims=True)
+  ds_BGRTS = (p_BGRTS * (dp_BGRTS - delta_BGRT1) * K**-0.5).astype(q.dtype)
+  dq_BGRTK = jnp.einsum("bgrts,bgsk->bgrtk", ds_BGRTS, k)
+  dk_BGSK = jnp.einsum("bgrts,bgrtk->bgsk", ds_BGRTS, q)
+  return (dq_BGRTK.transpose(0, 3, 1, 2, 4).reshape(B, T, G * R, K),
+          dk_BGSK.transpose(0, 2, 1, 3), dv_BGSK.transpose(0, 2, 1, 3))
+
+
+@jax.custom_vjp
+def causal_attention(q_BTHK, k_BTGK, v_BTGK):
+  """softmax(q·kᵀ/√K + causal mask)·v with grouped kv heads -> (out_BTHK, max |q·k|/√K over causal pairs).
+
+  The backward pass recomputes the probabilities from the saved log-sum-exp, as
+  FlashAttention does, instead of storing the [B, G, R, T, S] probabilities of
+  every layer: on CPU the memory traffic costs more than the extra q·kᵀ matmul.
+  """
+  return _attention_fwd(q_BTHK, k_BTGK, v_BTGK)[0]
+
+
+causal_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 class Mlp(nnx.Module):
-  """SwiGLU (down(silu(gate x) * up x)) or GELU (down(gelu(up x)))."""
+  """SwiGLU (down(silu(gate x) * up x)) or GELU (down(gelu(up x))); `wi` holds [gate, up] or [up]."""
 
   def __init__(self, m, *, out_std, rngs):
     D, F = m.d_model, cfg_lib.mlp_dim(m)
     self.kind = m.mlp
-    self.up = Linear("btd,df->btf", (D, F), ("embed", "mlp"), std=m.init_std, m=m, rngs=rngs)
-    if m.mlp == "swiglu":
-      self.gate = Linear("btd,df->btf", (D, F), ("embed", "mlp"), std=m.init_std, m=m, rngs=rngs)
+    C = 2 if m.mlp == "swiglu" else 1  # SwiGLU's gate and up projections are one matmul: [D, 2, F]
+    self.wi = Linear("btd,dcf->btcf", (D, C, F), ("embed", None, "mlp"), std=m.init_std, m=m, rngs=rngs)
     self.down = Linear("btf,fd->btd", (F, D), ("mlp", "embed"), std=out_std, m=m, rngs=rngs)
 
   def __call__(self, x_BTD):
+    h_BTCF = self.wi(x_BTD)
     if self.kind == "swiglu":
-      h_BTF = jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD)
+      h_BTF = jax.nn.silu(h_BTCF[:, :, 0]) * h_BTCF[:, :, 1]
     else:
-      h_BTF = jax.nn.gelu(self.up(x_BTD))
+      h_BTF = jax.nn.gelu(h_BTCF[:, :, 0])
     return self.down(constrain(h_BTF, ("batch", None, "mlp")))
 
 
@@ -285,6 +335,11 @@ def abstract(m):
 
   axes = jax.tree.map(axes_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
+
+
+def stacked(axes_tree):
+  """True for each parameter stacked on a leading `layers` axis (one tensor per layer), from `abstract`'s axes."""
+  return jax.tree.map(lambda a: bool(a) and a[0] == "layers", axes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def init(m, key: jax.Array):

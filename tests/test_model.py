@@ -32,7 +32,7 @@ def test_shapes_and_parameter_layout(m):
   b = params["blocks"]
   assert b["attn"]["wq"]["w"].shape == (3, 32, 4, 8)    # L, D, H, K
   assert b["attn"]["wk"]["w"].shape == (3, 32, 2, 8)    # L, D, G, K: grouped-query heads
-  assert b["mlp"]["gate"]["w"].shape == (3, 32, 64)
+  assert b["mlp"]["wi"]["w"].shape == (3, 32, 2, 64)
   _, abstract, axes = model.abstract(m)
   assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(lambda a: a.shape, params)
   assert axes["blocks"]["attn"]["wq"]["w"] == ("layers", "embed", "heads", None)
@@ -98,3 +98,26 @@ def test_flop_formula_matches_xla_count(m):
   # XLA counts full (not causal-halved) attention and the elementwise work; matmuls dominate.
   full_attention = m.num_layers * 2 * T * m.num_heads * cfg_lib.head_dim(m) * T
   assert 0.9 < xla / (ours + full_attention) < 1.25
+
+
+@pytest.mark.parametrize("G", [4, 2, 1])
+def test_attention_value_and_gradient_match_plain_softmax(G):
+  """The recomputing backward pass of `causal_attention` equals autodiff of the textbook formula."""
+  B, T, H, K = 2, 12, 4, 8
+  q, k, v = (jax.random.normal(jax.random.key(i), (B, T, n, K)) * 2 for i, n in enumerate((H, G, G)))
+
+  def plain(q, k, v):
+    k, v = jnp.repeat(k, H // G, axis=2), jnp.repeat(v, H // G, axis=2)
+    logits = jnp.einsum("bthk,bshk->bhts", q, k) / np.sqrt(K)
+    logits = jnp.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
+    return jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits, -1), v), logits
+
+  out, max_logit = model.causal_attention(q, k, v)
+  ref, logits = plain(q, k, v)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(max_logit, jnp.max(jnp.where(jnp.isfinite(logits), jnp.abs(logits), 0)), rtol=1e-6)
+  ct = jax.random.normal(jax.random.key(9), out.shape)
+  grads = jax.grad(lambda *a: jnp.sum(model.causal_attention(*a)[0] * ct), argnums=(0, 1, 2))(q, k, v)
+  ref_grads = jax.grad(lambda *a: jnp.sum(plain(*a)[0] * ct), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
