@@ -88,22 +88,32 @@ def _sq(x):
   return jnp.sum(x * x)
 
 
-def weight_norms(params) -> tuple[jax.Array, object]:
-  """(global L2 norm of all parameters, the same tree with each tensor's L2 norm)."""
-  per = jax.tree.map(lambda w: jnp.sqrt(_sq(w)), params)
-  return jnp.sqrt(sum(jnp.square(n) for n in jax.tree.leaves(per))), per
+def _per_tensor(fn, stacked, *trees):
+  """fn over each tensor of `trees`; over each layer's slice where `stacked` (a tree of bools) says so."""
+  flags = stacked if stacked is not None else jax.tree.map(lambda _: False, trees[0])
+  return jax.tree.map(lambda s, *x: jax.vmap(fn)(*x) if s else fn(*x), flags, *trees)
 
 
-def grad_weight_cosine(grads, params, eps: float = 1e-30) -> tuple[jax.Array, object]:
-  """(global cosine ⟨g, θ⟩ / (‖g‖‖θ‖) over all parameters, the same per tensor).
+def weight_norms(params, stacked=None) -> tuple[jax.Array, object]:
+  """(global L2 norm of all parameters, the same tree with each tensor's L2 norm).
+
+  `stacked` (as in `jaxtrain.orthograd`): tensors marked True get one norm per
+  slice of their leading axis (per layer of jaxtrain's scanned blocks).
+  """
+  sq = _per_tensor(_sq, stacked, params)
+  return jnp.sqrt(sum(jnp.sum(x) for x in jax.tree.leaves(sq))), jax.tree.map(jnp.sqrt, sq)
+
+
+def grad_weight_cosine(grads, params, eps: float = 1e-30, stacked=None) -> tuple[jax.Array, object]:
+  """(global cosine ⟨g, θ⟩ / (‖g‖‖θ‖) over all parameters, the same per tensor; `stacked` as in weight_norms).
 
   Negative: the descent step -g grows the weights along themselves (NLM at -1).
   """
   dot = lambda g, w: jnp.sum(g.astype(jnp.float32) * w.astype(jnp.float32))
-  dots = jax.tree.map(dot, grads, params)
-  g_sq, w_sq = jax.tree.map(_sq, grads), jax.tree.map(_sq, params)
+  dots = _per_tensor(dot, stacked, grads, params)
+  g_sq, w_sq = _per_tensor(_sq, stacked, grads), _per_tensor(_sq, stacked, params)
   per = jax.tree.map(lambda d, a, b: d / (jnp.sqrt(a * b) + eps), dots, g_sq, w_sq)
-  total = lambda t: sum(jax.tree.leaves(t))
+  total = lambda t: sum(jnp.sum(x) for x in jax.tree.leaves(t))
   return total(dots) / (jnp.sqrt(total(g_sq) * total(w_sq)) + eps), per
 
 

@@ -64,6 +64,7 @@ def base() -> ml_collections.ConfigDict:
       scan_layers=True,        # lax.scan over layers: compile time independent of depth
       remat="none",            # none | full | dots (save matmul outputs, recompute the rest)
       attention="xla",         # xla (einsum; all platforms) | cudnn (jax.nn.dot_product_attention)
+      output="softmax",        # softmax | stablemax: the output activation of the loss (jaxtrain/stablemax.py)
   )
 
   c.data = dict(
@@ -83,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
       global_batch=32,         # sequences per optimizer step, over all devices and microbatches
       microbatches=1,          # gradient accumulation: global_batch is split into this many
       z_loss=0.0,              # coefficient of logsumexp² (1e-4 in PaLM); 0 disables
+      loss_dtype="float32",    # float32 | float64: precision of the loss (float64 without x64 mode; not on TPU)
       on_nonfinite="stop",     # stop | skip (skip the update, keep going)
       log_every=10,
       diagnostics_every=0,     # per-layer diagnostics every N steps (0: off; they cost a second compiled step)
@@ -105,6 +107,7 @@ def base() -> ml_collections.ConfigDict:
       eps=1e-8,
       weight_decay=0.1,        # decoupled (AdamW), on matrices only
       clip_norm=1.0,           # global-norm clipping; 0 disables
+      orthograd=False,         # ⊥Grad: drop each gradient's component along its weights (jaxtrain/orthograd.py)
   )
 
   # Sizes of the named mesh axes; one of them may be -1 (the remaining devices).
@@ -248,6 +251,8 @@ _CHOICES = {
     "model.norm.placement": ("pre", "post", "mix", "peri", "lns", "res_post"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("xla", "cudnn"),
+    "model.output": ("softmax", "stablemax"),
+    "train.loss_dtype": ("float32", "float64"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
     "optim.schedule": ("cosine", "wsd", "constant"),
@@ -256,8 +261,10 @@ _CHOICES = {
 }
 
 
-def validate(config, num_devices: int, vocab_size: int | None = None) -> dict[str, int]:
+def validate(config, num_devices: int, vocab_size: int | None = None, platform: str | None = None) -> dict[str, int]:
   """Checks everything that can be checked before compiling; returns the mesh shape.
+
+  `platform` ('cpu', 'gpu', 'tpu'; None: not checked) rules out what the hardware cannot do.
 
   Raises ConfigError with a one-line message naming the problem and the fix.
   """
@@ -312,4 +319,6 @@ def validate(config, num_devices: int, vocab_size: int | None = None) -> dict[st
     raise ConfigError(f"train.diagnostics_every={t.diagnostics_every} must be >= 0 (0 turns diagnostics off)")
   if m.attention == "cudnn" and m.compute_dtype == "float32":
     raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
+  if t.loss_dtype == "float64" and platform == "tpu":
+    raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
   return mesh

@@ -1,11 +1,15 @@
 """Where metrics go: `metrics.jsonl`, TensorBoard event files, and the console.
 
 `metrics.jsonl` has one JSON object per line: training lines carry `step`,
-`loss`, `learning_rate`, `grad_norm`, `tokens_per_second`, `mfu` (and more);
-evaluation lines carry `step`, `eval_loss` and `eval_perplexity`; diagnostics
-lines (every `train.diagnostics_every` steps) carry `step` and per-layer lists
-`layers/grad_norm`, `layers/resid_var`, `layers/resid_max_abs`, `layers/attn_max_logit`. Read it back
-with `read_metrics(workdir)`.
+`loss`, `learning_rate`, `grad_norm`, `tokens_per_second`, `mfu`, and the
+Softmax Collapse metrics `sc_fraction`, `zero_loss_fraction`, `param_norm`,
+`grad_weight_cos` (jaxtrain/collapse.py), and more; evaluation lines carry
+`step`, `eval_loss` and `eval_perplexity`; diagnostics lines (every
+`train.diagnostics_every` steps) carry `step` and per-layer lists
+`layers/grad_norm`, `layers/resid_var`, `layers/resid_max_abs`,
+`layers/attn_max_logit`, and per parameter tensor `weight_norm/<path>` and
+`grad_weight_cos/<path>` (lists over layers for the stacked blocks, e.g.
+`weight_norm/blocks/mlp/wi/w`). Read it back with `read_metrics(workdir)`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from __future__ import annotations
 import jax
 import optax
 
+from jaxtrain import model
+from jaxtrain.orthograd import orthograd
+
 
 def schedule(o, steps: int) -> optax.Schedule:
   """Linear warmup from 0, then cosine decay, WSD (stable then linear decay), or constant."""
@@ -35,9 +38,16 @@ def decay_mask(axes_tree):
 
 
 def make(o, steps: int, axes_tree) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(AdamW chain, its learning-rate schedule) for the optimizer config `o`."""
+  """(AdamW chain, its learning-rate schedule) for the optimizer config `o`.
+
+  The chain: global-norm clipping, ⊥Grad if `o.orthograd` (each layer's slice of
+  a stacked tensor projected on its own, as the official code projects each
+  layer's weight), then AdamW.
+  """
   lr = schedule(o, steps)
   parts = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
+  if o.orthograd:
+    parts.append(orthograd(stacked=model.stacked(axes_tree)))
   parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=decay_mask(axes_tree)))
   return optax.chain(*parts), lr

@@ -25,12 +25,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxtrain import checkpoint, data, flops, losses, model, optim, sharding
+from jaxtrain import checkpoint, collapse, data, flops, losses, model, optim, sharding
 from jaxtrain import diagnostics as diagnostics_lib
 from jaxtrain import config as cfg_lib
 from jaxtrain.metrics import MetricWriter
 
 log = logging.getLogger("jaxtrain")
+
+
+# Metrics of the diagnostics step only (per layer or per tensor); they go on a line of their own.
+DIAGNOSTIC_PREFIXES = ("layers/", "weight_norm/", "grad_weight_cos/")
 
 
 class NonFiniteError(FloatingPointError):
@@ -51,14 +55,24 @@ def make_state_fn(config, tx):
   return init_state
 
 
-def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False):
+def _loss(config, logits_BTV, targets_BT, collapse_stats=False):
+  """The configured loss: output activation, precision and z-loss, in one place for train and eval."""
+  return losses.cross_entropy(logits_BTV, targets_BT, z_loss=config.train.z_loss, dtype=config.train.loss_dtype,
+                              output=config.model.output, collapse=collapse_stats)
+
+
+def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False, param_axes=None):
   """train_step(state, batch) -> (state, metrics), with gradient accumulation over microbatches.
 
-  With `diagnostics`, metrics also hold per-layer arrays under `layers/...`
-  (see jaxtrain/diagnostics.py); they are averaged over microbatches.
+  Every step logs the Softmax Collapse metrics (`sc_fraction`, `zero_loss_fraction`,
+  `grad_weight_cos`; jaxtrain/collapse.py). With `diagnostics`, metrics also hold
+  per-layer arrays under `layers/...` (see jaxtrain/diagnostics.py; averaged over
+  microbatches) and, per parameter tensor (per layer for the stacked blocks),
+  `weight_norm/<path>` and `grad_weight_cos/<path>`; `param_axes` marks the stacked ones.
   """
   t = config.train
   num_micro = t.microbatches
+  stacked = model.stacked(param_axes) if param_axes is not None else None
 
   def loss_fn(params, batch):
     model_ = nnx.merge(graphdef, params)
@@ -67,7 +81,7 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
       logits_BTV = model_.logits(x_BTD)
     else:
       logits_BTV, layer_stats = model_(batch["inputs"]), {}
-    loss, aux = losses.cross_entropy(logits_BTV, batch["targets"], z_loss=t.z_loss)
+    loss, aux = _loss(config, logits_BTV, batch["targets"], collapse_stats=True)
     return loss, aux | {f"layers/{k}": v for k, v in layer_stats.items()}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -94,6 +108,7 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     grad_norm = optax.tree.norm(grads)
+    cos, cos_per = collapse.grad_weight_cosine(grads, params, stacked=stacked)  # of the raw gradient, before ⊥Grad
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -105,12 +120,15 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
         "loss": loss, "ce": aux["ce"], "accuracy": aux["accuracy"], "log_z": aux["log_z"],
         "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_params),
         "learning_rate": lr_schedule(state["step"]), "finite": finite,
+        "sc_fraction": aux["sc_fraction"], "zero_loss_fraction": aux["zero_loss_fraction"], "grad_weight_cos": cos,
     }
     if t.z_loss:
       metrics["z_loss"] = aux["z_loss"]
     if diagnostics:
       metrics |= {k: v for k, v in aux.items() if k.startswith("layers/")}
       metrics["layers/grad_norm"] = diagnostics_lib.per_layer_norm(grads["blocks"])
+      metrics |= collapse.flatten(collapse.weight_norms(new_params, stacked)[1], "weight_norm")
+      metrics |= collapse.flatten(cos_per, "grad_weight_cos")
     return new_state, metrics
 
   return train_step
@@ -121,7 +139,7 @@ def make_eval_step(config, graphdef):
 
   def eval_step(params, batch):
     logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
-    _, aux = losses.cross_entropy(logits_BTV, batch["targets"])
+    _, aux = _loss(config, logits_BTV, batch["targets"])
     return aux["ce_sum"], aux["tokens"]
 
   return eval_step
@@ -157,7 +175,7 @@ def build(config, mesh) -> Program:
   batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
   with jax.set_mesh(mesh):  # the mesh is in context while tracing, for the activations' constraints
     train_step, diagnostics_step = (
-        jax.jit(make_train_step(config, graphdef, tx, lr_schedule, diagnostics=d),
+        jax.jit(make_train_step(config, graphdef, tx, lr_schedule, diagnostics=d, param_axes=param_axes),
                 in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
         for d in (False, True))
     eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(param_sh, batch_sh))
@@ -193,7 +211,7 @@ def train(config, workdir: str, devices=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
   tokenizer = data.make_tokenizer(config.data)
   devices = list(devices or jax.devices())
-  mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size)
+  mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size, devices[0].platform)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -263,8 +281,8 @@ def train(config, workdir: str, devices=None) -> dict:
             f"step {step}: {', '.join(bad)} became {metrics[bad[0]]}; stopped without saving, the last good "
             f"checkpoint (step {last_saved}) is intact in {ckpt.directory}. Lower optim.lr, or set "
             "train.on_nonfinite=skip to skip bad updates")
-    layer_rows = {k: v.tolist() for k, v in metrics.items() if k.startswith("layers/")}
-    if layer_rows:  # per-layer diagnostics get a line of their own
+    layer_rows = {k: v.tolist() for k, v in metrics.items() if k.startswith(DIAGNOSTIC_PREFIXES)}
+    if layer_rows:  # per-layer and per-tensor diagnostics get a line of their own
       writer.write(step, layer_rows)
     history.append({k: v for k, v in metrics.items() if k not in layer_rows})
 

@@ -122,9 +122,7 @@ def glob_files(pattern: str) -> tuple[str, list[str]]:
 def prepared_builder(name: str, data_dir: str, text_glob: str = "") -> _LocalFiles:
   """The prepared `pystdlib` or `text_files` builder for the current file set.
 
-  Prepares on first use. TFDS itself writes into `incomplete.*` and renames,
-  but a second racing writer's rename would fail, so writers take a file lock;
-  the builder is made under the lock so that it sees data another process wrote.
+  Prepares on first use, under a file lock (`prepare_locked`).
   """
   if name == "pystdlib":
     cls, (root, files) = Pystdlib, stdlib_files()
@@ -135,11 +133,20 @@ def prepared_builder(name: str, data_dir: str, text_glob: str = "") -> _LocalFil
     prefix, desc = "files", f"Local text files matching {text_glob!r}"
   config = _FilesConfig(name=f"{prefix}_{_fingerprint(root, files, text_glob)}",
                         root=root, files=files, description=desc)
+  return prepare_locked(cls, config, data_dir)
+
+
+def prepare_locked(cls, config, data_dir: str):
+  """The builder `cls(config)` in `data_dir`, prepared (as array_record) on first use under a file lock.
+
+  TFDS writes into `incomplete.*` and renames, but a second racing writer's
+  rename would fail, so writers take a lock; the builder is made under the lock
+  so that it sees data another process wrote.
+  """
   os.makedirs(data_dir, exist_ok=True)
   with open(os.path.join(data_dir, f".{cls.name}-{config.name}.lock"), "w") as fh:
     fcntl.flock(fh, fcntl.LOCK_EX)
     builder = cls(config=config, data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
-      builder.download_and_prepare(
-          download_dir=os.path.join(data_dir, "downloads"))
+      builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
   return builder

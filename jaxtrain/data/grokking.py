@@ -21,11 +21,12 @@ loader returns whole splits as numpy arrays: the training is full-batch.
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jaxtrain.data import builders
 
 DEFAULT_DATA_DIR = "~/.cache/jaxtrain/tensorflow_datasets"
 OPS = {
@@ -139,19 +140,8 @@ class SparseParity(_Local, skip_registration=True):
 
 
 def prepared(cls, config, data_dir: str = DEFAULT_DATA_DIR):
-  """The builder `cls(config)` in `data_dir`, prepared on first use under a file lock.
-
-  The same locking as `jaxtrain.data.builders.prepared_builder`: TFDS writes
-  into `incomplete.*` and renames, and a second racing writer's rename fails.
-  """
-  data_dir = os.path.expanduser(data_dir)
-  os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, f".{cls.name}-{config.name}.lock"), "w") as fh:
-    fcntl.flock(fh, fcntl.LOCK_EX)
-    builder = cls(config=config, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
-  return builder
+  """The builder `cls(config)` in `data_dir`, prepared on first use (see `builders.prepare_locked`)."""
+  return builders.prepare_locked(cls, config, os.path.expanduser(data_dir))
 
 
 def _read(builder, split: str) -> dict[str, np.ndarray]:
