@@ -156,7 +156,9 @@ def test_skip_drop_against_removing_the_layer():
   assert np.all(drop != 0)
 
 
-@pytest.mark.parametrize("placement_", PLACEMENTS)
+# Placements change the wiring, not the parameters or their shardings: pre, post, lns and res_post
+# have Pre-LN's parameters; mix (two scans) and peri (extra norms) are the ones that could differ.
+@pytest.mark.parametrize("placement_", ["mix", "peri"])
 def test_placements_on_the_mesh(tiny, placement_):
   c = tiny(**{"model__norm.placement": placement_, "model__num_layers": 4, "model__vocab_size": 64,
               "train__global_batch": 16, "optim__warmup_steps": 1})
