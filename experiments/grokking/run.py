@@ -23,12 +23,15 @@ softmax; the report says what that leaves unanswered.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
+import platform
 import sys
 import time
 
+import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -244,9 +247,9 @@ def report(args):
       "Σ exp(z − max z) rounds to exactly 1 in the loss's dtype (for StableMax: Σ s(z) rounds to s(max z)). "
       "Accuracies are evaluated every `eval` steps after the update.",
       "",
-      f"Budget: {total / 60:.1f} min of wall time for the {len(runs)} runs on this 2-core CPU "
-      "(shared with other jobs while it ran; compile included). Produced by "
-      "`python experiments/grokking/run.py --out experiments/grokking/results`.",
+      f"Budget: {total / 60:.1f} min of wall time for the {len(runs)} runs, compile included "
+      f"(report written {datetime.date.today()} on {os.cpu_count()} CPU cores, {platform.machine()}, "
+      f"jax {jax.__version__}). Produced by `python experiments/grokking/run.py --out experiments/grokking/results`.",
       "",
       "| run | settings | steps | eval | train acc (final) | test acc (final / best) | step ≥95% test | "
       "SC frac (final / max; first >50%) | zero-loss (final) | ‖θ‖ (start → end) | cos(g,θ) end | "
