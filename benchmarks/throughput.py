@@ -88,10 +88,9 @@ def main(argv=None) -> dict:
   malloc_tuned = malloc.reuse_freed_memory()  # as `python -m jaxtrain` does, before JAX starts
 
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from jaxtrain import config as cfg_lib, flops, model, optim, sharding  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as cfg_lib, flops, model, sharding  # pylint: disable=g-import-not-at-top
   train = import_train()
 
   config = make_config(args)

@@ -10,7 +10,7 @@ subword vocabulary, point data.tokenizer at a SentencePiece .model and set
 model.vocab_size to its size (the embeddings then add 2·vocab·d_model parameters).
 """
 
-from jaxtrain.config import base
+from jaxtrain.config import ConfigError, base
 
 # (d_model, num_layers, num_heads, num_kv_heads)
 SIZES = {
@@ -23,7 +23,7 @@ SIZES = {
 def get_config(arg=None):
   size = arg or "base"
   if size not in SIZES:
-    raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}, e.g. --config=configs/lm_small.py:tiny")
   d, layers, heads, kv = SIZES[size]
   c = base()
   c.model.update(d_model=d, num_layers=layers, num_heads=heads, num_kv_heads=kv, max_seq_len=1024,

@@ -99,11 +99,28 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+# Model fields that change the function the parameters compute. A resume must not change them even
+# where shapes stay the same; the rest (dtypes, scan, remat, attention kernel, init) may change.
+SEMANTIC_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                   "mlp", "norm.kind", "norm.eps", "norm.placement", "norm.mix_post_fraction", "norm.res_post_tau",
+                   "norm.embed_norm", "norm.out_norm_scale", "norm.final", "qk_norm", "tie_embeddings",
+                   "rope_theta", "output")
+
+
+def _field(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return KeyError
+    tree = tree[part]
+  return tree
+
+
 def _check_compatible(saved: dict, current: dict, saved_model: dict, model: dict, directory: str) -> None:
-  if saved == current:
+  model_diff = [f"model.{k}: checkpoint {_field(saved_model, k)!r} vs config {_field(model, k)!r}"
+                for k in SEMANTIC_FIELDS
+                if _field(saved_model, k) is not KeyError and _field(saved_model, k) != _field(model, k)]
+  if saved == current and not model_diff:
     return
-  model_diff = [f"{k}: checkpoint {saved_model.get(k)!r} vs config {model.get(k)!r}"
-                for k in model if k in saved_model and saved_model[k] != model[k]]
   missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
   reshaped = [f"{k} {saved[k]} vs {current[k]}" for k in current if k in saved and saved[k] != current[k]]
   what = "; ".join(model_diff) or "; ".join(

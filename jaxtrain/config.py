@@ -23,6 +23,8 @@ import ml_collections
 from ml_collections import config_dict
 
 MESH_AXES = ("data", "fsdp", "tensor")
+PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")  # jaxtrain/placement.py
+OUTPUTS = ("softmax", "stablemax")                             # jaxtrain/losses.py
 
 
 class ConfigError(ValueError):
@@ -128,7 +130,12 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config(arg=None) function")
-  config = module.get_config(arg or None) if arg else module.get_config()
+  try:
+    config = module.get_config(arg or None) if arg else module.get_config()
+  except (ValueError, KeyError, TypeError) as e:  # a config file's own argument check
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"{spec}: {e}") from None
   check_keys(config)
   config = ml_collections.ConfigDict(config)  # a copy; the file's object stays untouched
   for item in overrides:
@@ -150,9 +157,10 @@ def _flat_keys(c, prefix=""):
   return keys
 
 
-def _unknown(key: str, valid: list[str]) -> ConfigError:
+def unknown_key(key: str, valid: list[str], schema: str = "jaxtrain/config.py:base()") -> ConfigError:
+  """The error for a key not in `valid`, naming the nearest valid one."""
   near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-  hint = f"; did you mean {near[0]!r}?" if near else "; see jaxtrain/config.py:base() for the fields"
+  hint = f"; did you mean {near[0]!r}?" if near else f"; see {schema} for the fields"
   return ConfigError(f"unknown config key {key!r}{hint}")
 
 
@@ -161,7 +169,7 @@ def check_keys(config) -> None:
   valid, have = _flat_keys(base()), _flat_keys(config)
   for key in have:
     if key not in valid:
-      raise _unknown(key, valid)
+      raise unknown_key(key, valid)
   missing = [k for k in valid if k not in have]
   if missing:
     raise ConfigError(f"config lacks {missing[:3]}: start config files from jaxtrain.config.base()")
@@ -197,7 +205,7 @@ def set_field(config, key: str, raw: str) -> None:
   """Sets `config.<key>` from a command-line string; unknown keys name the nearest valid one."""
   valid = _flat_keys(config)
   if key not in valid:
-    raise _unknown(key, valid)
+    raise unknown_key(key, valid)
   *parents, leaf = key.split(".")
   node = config
   for p in parents:
@@ -209,18 +217,18 @@ def set_field(config, key: str, raw: str) -> None:
 
 
 def mlp_dim(m) -> int:
-  if m.mlp_dim:
+  if m.mlp_dim is not None:
     return m.mlp_dim
   f = 8 * m.d_model // 3 if m.mlp == "swiglu" else 4 * m.d_model
   return 64 * math.ceil(f / 64)
 
 
 def head_dim(m) -> int:
-  return m.head_dim or m.d_model // m.num_heads
+  return m.d_model // m.num_heads if m.head_dim is None else m.head_dim
 
 
 def num_kv_heads(m) -> int:
-  return m.num_kv_heads or m.num_heads
+  return m.num_heads if m.num_kv_heads is None else m.num_kv_heads
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
@@ -248,10 +256,10 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
 _CHOICES = {
     "model.mlp": ("swiglu", "gelu"),
     "model.norm.kind": ("rmsnorm", "layernorm"),
-    "model.norm.placement": ("pre", "post", "mix", "peri", "lns", "res_post"),
+    "model.norm.placement": PLACEMENTS,
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("xla", "cudnn"),
-    "model.output": ("softmax", "stablemax"),
+    "model.output": OUTPUTS,
     "train.loss_dtype": ("float32", "float64"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
@@ -278,14 +286,32 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
   m, t, d = config.model, config.train, config.data
   mesh = mesh_shape(config.mesh, num_devices)
   batch_shards = mesh["data"] * mesh["fsdp"]
-  positive = {"model.d_model": m.d_model, "model.num_layers": m.num_layers, "model.num_heads": m.num_heads,
-              "train.steps": t.steps, "train.global_batch": t.global_batch, "data.seq_len": d.seq_len,
-              "train.microbatches": t.microbatches, "train.log_every": t.log_every,
-              "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every,
-              "train.keep_checkpoints": t.keep_checkpoints}
+  o = config.optim
+  positive = {"model.vocab_size": m.vocab_size, "model.d_model": m.d_model, "model.num_layers": m.num_layers,
+              "model.num_heads": m.num_heads, "model.num_kv_heads": num_kv_heads(m), "model.head_dim": head_dim(m),
+              "model.mlp_dim": mlp_dim(m), "model.norm.eps": m.norm.eps, "model.rope_theta": m.rope_theta,
+              "model.max_seq_len": m.max_seq_len, "train.steps": t.steps, "train.global_batch": t.global_batch,
+              "data.seq_len": d.seq_len, "train.microbatches": t.microbatches, "train.log_every": t.log_every,
+              "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches,
+              "train.checkpoint_every": t.checkpoint_every, "train.keep_checkpoints": t.keep_checkpoints,
+              "optim.lr": o.lr, "optim.eps": o.eps}
   for key, v in positive.items():
-    if v <= 0:
+    if not v > 0:
       raise ConfigError(f"{key}={v} must be positive")
+  non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+                  "optim.clip_norm": o.clip_norm, "train.z_loss": t.z_loss, "model.init_std": m.init_std,
+                  "train.diagnostics_every": t.diagnostics_every, "train.peak_flops": t.peak_flops,
+                  "data.num_workers": d.num_workers}
+  for key, v in non_negative.items():
+    if not v >= 0:
+      raise ConfigError(f"{key}={v} must be >= 0 (0 turns it off where that applies)")
+  for key, v in {"optim.b1": o.b1, "optim.b2": o.b2}.items():
+    if not 0 <= v < 1:
+      raise ConfigError(f"{key}={v} must be in [0, 1)")
+  for key, v in {"optim.decay_fraction": o.decay_fraction, "optim.min_lr_ratio": o.min_lr_ratio,
+                 "model.norm.mix_post_fraction": m.norm.mix_post_fraction}.items():
+    if not 0 <= v <= 1:
+      raise ConfigError(f"{key}={v} must be in [0, 1]")
   if t.global_batch % t.microbatches:
     raise ConfigError(f"train.global_batch={t.global_batch} is not divisible by train.microbatches={t.microbatches}")
   micro = t.global_batch // t.microbatches
@@ -296,7 +322,7 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
   kv = num_kv_heads(m)
   if m.num_heads % kv:
     raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={kv}")
-  if not m.head_dim and m.d_model % m.num_heads:
+  if m.head_dim is None and m.d_model % m.num_heads:
     raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; set model.head_dim")
   if head_dim(m) % 2:
     raise ConfigError(f"head_dim={head_dim(m)} must be even for RoPE")
@@ -307,18 +333,17 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
     raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
   if vocab_size is not None and vocab_size > m.vocab_size:
     raise ConfigError(f"the tokenizer has {vocab_size} tokens but model.vocab_size={m.vocab_size}; raise model.vocab_size")
-  if config.optim.warmup_steps > t.steps:
-    raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} exceeds train.steps={t.steps}")
-  if not 0 <= config.optim.decay_fraction <= 1:
-    raise ConfigError(f"optim.decay_fraction={config.optim.decay_fraction} must be in [0, 1]")
-  if not 0 <= m.norm.mix_post_fraction <= 1:
-    raise ConfigError(f"model.norm.mix_post_fraction={m.norm.mix_post_fraction} must be in [0, 1]")
+  if o.warmup_steps > t.steps:
+    raise ConfigError(f"optim.warmup_steps={o.warmup_steps} exceeds train.steps={t.steps}")
+  if o.schedule == "wsd" and o.warmup_steps + round(o.decay_fraction * t.steps) > t.steps:
+    raise ConfigError(f"optim.schedule=wsd: warmup_steps={o.warmup_steps} plus the decay "
+                      f"(decay_fraction·steps={round(o.decay_fraction * t.steps)}) exceed train.steps={t.steps}")
   if not 0 < m.norm.res_post_tau < 1:
     raise ConfigError(f"model.norm.res_post_tau={m.norm.res_post_tau} must be in (0, 1)")
-  if t.diagnostics_every < 0:
-    raise ConfigError(f"train.diagnostics_every={t.diagnostics_every} must be >= 0 (0 turns diagnostics off)")
   if m.attention == "cudnn" and m.compute_dtype == "float32":
     raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
+  if m.attention == "cudnn" and platform not in (None, "gpu"):
+    raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=xla")
   if t.loss_dtype == "float64" and platform == "tpu":
     raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
   return mesh

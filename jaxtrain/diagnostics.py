@@ -64,24 +64,34 @@ def angular_distances(states_LBTD, *, last_token: bool = True) -> np.ndarray:
   return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _loss_sums(graphdef, params, batch, skip):
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("output", "dtype"))
+def _loss_sums(graphdef, params, batch, skip, *, output, dtype):
   model = nnx.merge(graphdef, params)
   logits_BTV = model.logits(model.hidden(batch["inputs"], skip=skip))
-  _, aux = losses.cross_entropy(logits_BTV, batch["targets"])
+  _, aux = losses.cross_entropy(logits_BTV, batch["targets"], output=output, dtype=dtype)
   return aux["ce_sum"], aux["tokens"]
 
 
-def eval_loss(graphdef, params, batches, skip=None) -> float:
-  """Mean token cross-entropy over `batches`, optionally with layers skipped (bool[L])."""
+def eval_loss(graphdef, params, batches, skip=None, *, output="softmax", dtype="float32") -> float:
+  """Mean token cross-entropy over `batches`, optionally with layers skipped (bool[L]).
+
+  `output` and `dtype` are the loss's output activation and precision: pass the
+  run's `model.output` and `train.loss_dtype` to measure what it trained on.
+  """
   if skip is None:
     skip = np.zeros(jax.tree.leaves(params["blocks"])[0].shape[0], bool)
-  total = np.sum([jax.device_get(_loss_sums(graphdef, params, b, np.asarray(skip))) for b in batches], axis=0)
+  sums = [jax.device_get(_loss_sums(graphdef, params, b, np.asarray(skip), output=output, dtype=dtype))
+          for b in batches]
+  total = np.sum(sums, axis=0)
   return float(total[0] / total[1])
 
 
-def skip_drop(graphdef, params, batches, num_layers: int) -> tuple[float, np.ndarray]:
-  """(full-model loss, ΔL[ℓ] = loss with layer ℓ skipped − full-model loss) over `batches`."""
-  base = eval_loss(graphdef, params, batches)
-  drops = [eval_loss(graphdef, params, batches, skip=np.arange(num_layers) == l) - base for l in range(num_layers)]
+def skip_drop(graphdef, params, batches, num_layers: int, **loss_kw) -> tuple[float, np.ndarray]:
+  """(full-model loss, ΔL[ℓ] = loss with layer ℓ skipped − full-model loss) over `batches`.
+
+  `loss_kw`: `output` and `dtype`, as in `eval_loss`.
+  """
+  base = eval_loss(graphdef, params, batches, **loss_kw)
+  drops = [eval_loss(graphdef, params, batches, skip=np.arange(num_layers) == l, **loss_kw) - base
+           for l in range(num_layers)]
   return base, np.array(drops)

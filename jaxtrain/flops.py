@@ -52,6 +52,7 @@ PEAK_FLOPS = {
 
 
 @functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
   """This host's matmul ceiling, measured once per process: see `time_matmul`."""
   return time_matmul(dtype, n, repeats)
@@ -77,8 +78,9 @@ def peak_flops(compute_dtype: str, override: float = 0.0, devices=None) -> tuple
   """(Peak FLOP/s of the whole job, where the figure comes from).
 
   The config's `train.peak_flops` (per device) wins; then the table by device kind;
-  on CPU (and unknown devices) the host's measured matmul ceiling, counted once
-  per host, since simulated CPU devices share the same cores.
+  then a measured matmul ceiling: on CPU counted once per host, since simulated
+  CPU devices share the same cores; on an accelerator missing from the table,
+  once per device.
   """
   devices = devices or jax.devices()
   device, n = devices[0], len(devices)
@@ -87,5 +89,6 @@ def peak_flops(compute_dtype: str, override: float = 0.0, devices=None) -> tuple
   for kind, table in PEAK_FLOPS.items():
     if kind.lower() in device.device_kind.lower():
       return table.get(compute_dtype, table["bfloat16"]) * n, f"table: {kind} {compute_dtype}"
-  dtype = compute_dtype if device.platform == "cpu" else "float32"
-  return measured_matmul_flops(dtype) * jax.process_count(), f"measured {dtype} matmul on {device.platform}"
+  copies = jax.process_count() if device.platform == "cpu" else n
+  return (measured_matmul_flops(compute_dtype) * copies,
+          f"measured {compute_dtype} matmul on {device.platform} x {copies}")

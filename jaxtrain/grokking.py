@@ -41,6 +41,7 @@ import optax
 from flax import nnx
 
 from jaxtrain import collapse, losses
+from jaxtrain import config as cfg_lib
 from jaxtrain.orthograd import orthograd
 
 log = logging.getLogger("jaxtrain")
@@ -74,7 +75,11 @@ def config(**overrides) -> ml_collections.ConfigDict:
       log_every=100,           # steps per jitted chunk; test metrics after each
       seed=0,                  # parameter init and dropout
   ))
+  for key in overrides:
+    if key not in c:
+      raise cfg_lib.unknown_key(key, list(c), schema="jaxtrain.grokking.config()")
   c.update(overrides)
+  c.lock()  # a later typo'd assignment is an error too
   return c
 
 

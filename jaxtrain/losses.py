@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain import collapse, stablemax
-
-OUTPUTS = ("softmax", "stablemax")
+from jaxtrain.config import OUTPUTS
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 

@@ -25,8 +25,17 @@ log = logging.getLogger("jaxtrain")
 
 def read_metrics(workdir: str) -> list[dict]:
   """All lines of `<workdir>/metrics.jsonl` as dicts (for notebooks and tests)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  """The complete lines of a JSONL file; a last line cut short by a kill is dropped."""
+  with open(path) as f:
+    lines = f.read().split("\n")
+  rows = [json.loads(line) for line in lines[:-1] if line.strip()]
+  if lines[-1].strip():  # no newline after it: the write was interrupted
+    log.warning("%s: dropping an incomplete last line (%d characters)", path, len(lines[-1]))
+  return rows
 
 
 class MetricWriter:
@@ -94,7 +103,6 @@ def _fmt(v):
 def _truncate_after(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+  rows = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
   with open(path, "w") as f:
-    f.writelines(lines)
+    f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -27,7 +27,7 @@ from flax import nnx
 
 from jaxtrain import config as cfg_lib
 from jaxtrain import placement
-from jaxtrain.sharding import constrain
+from jaxtrain.sharding import constrain, is_axes
 
 
 def matmul(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
@@ -339,7 +339,7 @@ def abstract(m):
 
 def stacked(axes_tree):
   """True for each parameter stacked on a leading `layers` axis (one tensor per layer), from `abstract`'s axes."""
-  return jax.tree.map(lambda a: bool(a) and a[0] == "layers", axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+  return jax.tree.map(lambda a: bool(a) and a[0] == "layers", axes_tree, is_leaf=is_axes)
 
 
 def init(m, key: jax.Array):

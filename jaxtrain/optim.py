@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from jaxtrain import model
+from jaxtrain import model, sharding
 from jaxtrain.orthograd import orthograd
 
 
@@ -33,8 +33,7 @@ def schedule(o, steps: int) -> optax.Schedule:
 
 def decay_mask(axes_tree):
   """Weight decay on matrices only: parameters with two or more non-`layers` axes."""
-  is_axes = lambda x: isinstance(x, tuple)
-  return jax.tree.map(lambda a: sum(n != "layers" for n in a) >= 2, axes_tree, is_leaf=is_axes)
+  return jax.tree.map(lambda a: sum(n != "layers" for n in a) >= 2, axes_tree, is_leaf=sharding.is_axes)
 
 
 def make(o, steps: int, axes_tree) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")
+from jaxtrain.config import PLACEMENTS
 
 
 def layer_kinds(placement: str, num_layers: int, mix_post_fraction: float = 0.25) -> list[str]:

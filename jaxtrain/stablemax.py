@@ -11,7 +11,7 @@ computes:
     L(z, y) = -log(s(z_y) / Σ_j s(z_j))
 
 With softmax the correct class's loss is log(1 + Σ_{j≠y} exp(z_j - z_y)), which
-rounds to exactly 0 once the gap exceeds ~ln(C-1) + 24 in float32 (Softmax
+rounds to exactly 0 once (C-1)·exp(-gap) < 2⁻²⁴, i.e. gap > ln(C-1) + 16.6, in float32 (Softmax
 Collapse, `jaxtrain.collapse`); with StableMax it decays like 1/gap.
 
 Everything here computes in the dtype it is given. The precision the paper

@@ -243,6 +243,10 @@ def train(config, workdir: str, devices=None) -> dict:
   restored = ckpt.restore_latest(prog.abstract_state, m.to_dict())
   if restored is not None:
     state, data_state, start = restored
+    if start > t.steps:
+      ckpt.close()
+      raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {start}, past train.steps={t.steps}: "
+                                "raise train.steps to continue it, or use a new --workdir")
     train_iter.set_state(data_state)
     log.info("resumed from step %d in %s", start, ckpt.directory)
   else:
@@ -320,14 +324,14 @@ def train(config, workdir: str, devices=None) -> dict:
         writer.write(step, row)
         history = []
         t_mark, steps_since_mark = time.perf_counter(), 0
+      t_pause = time.perf_counter()  # evaluation and saving are kept out of the throughput figures
       if step % t.eval_every == 0 or is_last:
         last_eval = evaluate(state["params"])
         writer.write(step, last_eval)
-        t_mark = time.perf_counter()
       if save_now:
         ckpt.save(step, state, train_iter.get_state(), config_json)
         last_saved = step
-        t_mark = time.perf_counter()
+      t_mark += time.perf_counter() - t_pause
       if stop_signal:
         log.warning("received %s: saved step %d, exiting; run the same command to resume", stop_signal[0], step)
         break

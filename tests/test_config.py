@@ -14,7 +14,7 @@ def test_config_files_load_and_variants():
     c = cfg_lib.load(spec)
     cfg_lib.check_keys(c)
   assert cfg_lib.load("configs/lm_small.py:tiny").model.d_model < cfg_lib.load("configs/lm_small.py").model.d_model
-  with pytest.raises(ValueError, match="unknown size"):
+  with pytest.raises(cfg_lib.ConfigError, match="unknown size 'huge'"):
     cfg_lib.load("configs/lm_small.py:huge")
 
 
@@ -60,6 +60,16 @@ def test_config_file_with_unknown_key(tmp_path):
     ({"model.norm.kind": "batchnorm"}, 1, "model.norm.kind='batchnorm' is not one of"),
     ({"optim.warmup_steps": 10_000}, 1, "exceeds train.steps"),
     ({"model.vocab_size": 128}, 1, "the tokenizer has 256 tokens"),
+    ({"model.num_kv_heads": 0}, 1, "model.num_kv_heads=0 must be positive"),
+    ({"model.mlp_dim": -64}, 1, "model.mlp_dim=-64 must be positive"),
+    ({"model.norm.eps": 0.0}, 1, "model.norm.eps=0.0 must be positive"),
+    ({"train.eval_batches": 0}, 1, "train.eval_batches=0 must be positive"),
+    ({"optim.lr": 0.0}, 1, "optim.lr=0.0 must be positive"),
+    ({"optim.clip_norm": -1.0}, 1, "optim.clip_norm=-1.0 must be >= 0"),
+    ({"optim.b2": 1.0}, 1, r"optim.b2=1.0 must be in \[0, 1\)"),
+    ({"optim.min_lr_ratio": 2.0}, 1, r"optim.min_lr_ratio=2.0 must be in \[0, 1\]"),
+    ({"optim.schedule": "wsd", "optim.warmup_steps": 10, "optim.decay_fraction": 0.9}, 1,
+     "schedule=wsd: warmup_steps=10 plus the decay"),
 ])
 def test_validation_errors(tiny, overrides, devices, message):
   c = tiny()
@@ -67,6 +77,13 @@ def test_validation_errors(tiny, overrides, devices, message):
     cfg_lib.set_field(c, key, str(value))
   with pytest.raises(cfg_lib.ConfigError, match=message):
     cfg_lib.validate(c, devices, vocab_size=256)
+
+
+def test_platform_checks(tiny):
+  c = tiny(model__attention="cudnn", model__compute_dtype="bfloat16")
+  cfg_lib.validate(c, 1, 256, platform="gpu")
+  with pytest.raises(cfg_lib.ConfigError, match="cudnn runs on NVIDIA GPUs only, not on cpu"):
+    cfg_lib.validate(c, 1, 256, platform="cpu")
 
 
 def test_valid_configs_pass(tiny):

@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import diagnostics, model, placement, sharding, train
+from jaxtrain import diagnostics, losses, model, placement, sharding, train
 
-PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")
+from jaxtrain.config import PLACEMENTS
 
 
 def small(placement_, **kw):
@@ -154,6 +154,12 @@ def test_skip_drop_against_removing_the_layer():
   without_2 = diagnostics.eval_loss(model.abstract(m3)[0], p3, batches)
   np.testing.assert_allclose(base + drop[2], without_2, rtol=1e-5)
   assert np.all(drop != 0)
+  # The loss is the run's: StableMax in float64 gives the library's StableMax cross-entropy.
+  logits = nnx.merge(graphdef, params)(x[:, :-1])
+  want = float(losses.stablemax_cross_entropy(logits, x[:, 1:], dtype=jnp.float64).mean())
+  got = diagnostics.eval_loss(graphdef, params, batches, output="stablemax", dtype="float64")
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert abs(got - base) > 1e-3
 
 
 # Placements change the wiring, not the parameters or their shardings: pre, post, lns and res_post

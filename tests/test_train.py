@@ -3,6 +3,7 @@ the NaN guard, signals, incompatible checkpoints, and that the default config le
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import train
-from jaxtrain.metrics import read_metrics
+from jaxtrain import sharding, train
+from jaxtrain.metrics import MetricWriter, read_metrics
 
 ONE = jax.devices()[:1]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,9 +108,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
   code, out, err = _run_until_checkpoint_then(signal.SIGTERM, config_path, workdir)
   assert code == 0, err[-2000:]
   assert "received SIGTERM" in err and "run the same command to resume" in out
+  stopped = int(re.search(r"received SIGTERM: saved step (\d+)", err).group(1))
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-  assert steps[-1] % 10 != 0 or steps[-1] > 10  # a checkpoint was written at the step it stopped
-  assert steps[-1] < 2000
+  assert steps[-1] == stopped < 2000  # the step it stopped at is the newest checkpoint, complete on disk
+  assert os.path.isfile(os.path.join(workdir, "checkpoints", str(stopped), "_CHECKPOINT_METADATA"))
 
 
 def test_damaged_checkpoint_falls_back_to_the_previous(tiny, tmp_path, caplog):
@@ -146,10 +148,34 @@ def test_skip_mode_skips_bad_updates(tiny, tmp_path):
   assert summary["step"] == 10 and summary["skipped_steps"] > 0
 
 
+def test_skip_mode_keeps_parameters_and_optimizer_state(tiny):
+  """A non-finite step under on_nonfinite=skip changes neither parameters nor optimizer state."""
+  c = tiny(train__on_nonfinite="skip")
+  prog = train.build(c, sharding.make_mesh(cfg_lib.validate(c, 1), ONE))
+  tok = jax.random.randint(jax.random.key(0), (c.train.global_batch, c.data.seq_len + 1), 0, 256)
+  batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:]}
+  state, _ = prog.train_step(prog.init(jax.random.key(0)), batch)  # a real step: Adam's moments are nonzero
+  state["params"]["final_norm"]["scale"] = state["params"]["final_norm"]["scale"].at[0].set(np.nan)
+  before = jax.device_get(state)
+  after, m = prog.train_step(state, batch)
+  assert not bool(m["finite"])
+  after = jax.device_get(after)
+  assert after["step"] == before["step"] + 1
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),  # NaN == NaN here
+               (after["params"], after["opt_state"]), (before["params"], before["opt_state"]))
+
+
 def test_incompatible_checkpoint_is_a_clear_error(tiny, tmp_path):
   train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
-  with pytest.raises(cfg_lib.ConfigError, match=r"does not fit .* \(d_model: checkpoint 32 vs config 64\)"):
+  with pytest.raises(cfg_lib.ConfigError, match=r"does not fit .* \(model.d_model: checkpoint 32 vs config 64\)"):
     train.train(tiny(train__steps=20, model__d_model=64), str(tmp_path), devices=ONE)
+  # Same shapes, another function: refused too, not silently restored.
+  with pytest.raises(cfg_lib.ConfigError, match=r"model.norm.placement: checkpoint 'pre' vs config 'post'"):
+    train.train(tiny(train__steps=20, model__norm__placement="post"), str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"model.output: checkpoint 'softmax' vs config 'stablemax'"):
+    train.train(tiny(train__steps=20, model__output="stablemax"), str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"is at step 10, past train.steps=5: raise train.steps"):
+    train.train(tiny(train__steps=5), str(tmp_path), devices=ONE)
   with pytest.raises(cfg_lib.ConfigError, match=r"does not fit .*not in checkpoint: \['opt_state/0"):
     train.train(tiny(train__steps=20, optim__clip_norm=0.0), str(tmp_path), devices=ONE)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]  # nothing set aside or deleted
@@ -178,3 +204,14 @@ def test_default_config_learns(tmp_path, data_dir):
   evals = [r["eval_loss"] for r in read_metrics(str(tmp_path)) if "eval_loss" in r]
   assert evals[0] > evals[-1]              # validation loss falls between step 100 and 200
   assert summary["final_eval_loss"] < 0.6 * np.log(256)  # far below the uniform-guess loss
+
+
+def test_metrics_survive_a_line_cut_short_by_a_kill(tmp_path):
+  """A kill mid-write leaves half a JSON line: reading skips it, and a resume drops it with the later steps."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert read_metrics(str(tmp_path)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+  writer = MetricWriter(str(tmp_path), total_steps=10, first_step=1, progress="log")
+  writer.write(2, {"loss": 1.25})
+  writer.close()
+  assert read_metrics(str(tmp_path)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}]

@@ -233,6 +233,8 @@ def plot(runs, out):
 
 def report(args):
   names = [n for n in RUNS if os.path.exists(os.path.join(args.out, "runs", f"{n}.npz"))]
+  if not names:  # never overwrite a committed report with an empty one
+    raise SystemExit(f"no saved runs in {os.path.join(args.out, 'runs')}: run without --report-only first")
   runs = {n: load_run(args.out, n) for n in names}
   summaries = {n: summarize(h) for n, h in runs.items()}
   plot(runs, args.out)

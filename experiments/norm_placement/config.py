@@ -12,7 +12,7 @@ decay, no gradient clipping, plain N(0, 0.02) init (no depth-scaled init, which
 weakens LNS), warmup 10% then cosine to 10% of the peak.
 """
 
-from jaxtrain.config import base
+from jaxtrain.config import ConfigError, base
 
 
 def get_config(arg="pre"):
@@ -32,5 +32,5 @@ def get_config(arg="pre"):
     c.train.update(steps=10_000, global_batch=128, eval_every=1000, checkpoint_every=1000, diagnostics_every=500)
     c.optim.update(lr=1e-3, warmup_steps=1000)
   elif size:
-    raise ValueError(f"unknown size {size!r}: use '<placement>' or '<placement>,gpu'")
+    raise ConfigError(f"unknown size {size!r}: use '<placement>' or '<placement>,gpu'")
   return c

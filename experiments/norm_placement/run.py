@@ -81,7 +81,9 @@ def analyse(p, args):
   states = diagnostics.residual_states(prog.graphdef, params, batches[0]["inputs"])
   out["angular_last"] = diagnostics.angular_distances(states, last_token=True)
   out["angular_all"] = diagnostics.angular_distances(states, last_token=False)
-  out["final_loss"], out["skip_drop"] = diagnostics.skip_drop(prog.graphdef, params, batches, config.model.num_layers)
+  out["final_loss"], out["skip_drop"] = diagnostics.skip_drop(
+      prog.graphdef, params, batches, config.model.num_layers,
+      output=config.model.output, dtype=config.train.loss_dtype)
   out["step"] = restored[2]
   return out
 

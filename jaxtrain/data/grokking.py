@@ -78,6 +78,8 @@ class ParityConfig(tfds.core.BuilderConfig):
                train_fraction: float = 0.5, seed: int = 0):
     if not 0 < k <= n_bits:
       raise ValueError(f"k={k} parity bits must be in [1, n_bits={n_bits}]")
+    if not 0 < train_fraction < 1:
+      raise ValueError(f"train_fraction={train_fraction} must be in (0, 1)")
     super().__init__(name=f"n{n_bits}_k{k}_samples{num_samples}_train{train_fraction:g}_seed{seed}",
                      description=f"parity of {k} of {n_bits} bits, {num_samples} samples, seed {seed}")
     self.n_bits, self.k, self.num_samples = n_bits, k, num_samples
