@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "orbax", "jax._src", "grain"):  # TFDS warns of every custom builder config
     logging.getLogger(noisy).setLevel(logging.ERROR)
-  from jaxtrain import config as cfg_lib, data, train  # pylint: disable=g-import-not-at-top
+  from jaxtrain import checkpoint, config as cfg_lib, data, train  # pylint: disable=g-import-not-at-top
   try:
     config, workdir = parse(sys.argv[1:] if argv is None else argv)
     summary = train.train(config, workdir)
-  except (cfg_lib.ConfigError, data.DataError) as e:
+  except (cfg_lib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
     print(f"jaxtrain: error: {e}", file=sys.stderr)
     return 2
   except train.NonFiniteError as e:

@@ -7,7 +7,8 @@ temporary directory and renames it when complete, so a run killed mid-save
 leaves no half-written step behind. A step that is complete but unreadable
 (disk damage, a deleted file) is moved to `<workdir>/corrupt_checkpoints/` with
 a warning and the previous step is restored instead: nothing a resume could
-need is deleted.
+need is deleted. If no readable step is left, the run stops with an error
+rather than starting over on top of its own history.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import orbax.checkpoint as ocp
 from jaxtrain.config import ConfigError
 
 log = logging.getLogger("jaxtrain")
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in the workdir can be restored; what to do is in the message."""
 
 
 class Checkpointer:
@@ -54,28 +59,36 @@ class Checkpointer:
     structure does not match (another model or optimizer) is a ConfigError,
     never mistaken for damage.
     """
-    for step in reversed(self.steps()):
+    steps = self.steps()
+    for step in reversed(steps):
       try:
         saved_state = self.manager.item_metadata(step)["state"]
         saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-      except Exception as e:  # pylint: disable=broad-except  # unreadable metadata: damaged
-        self._set_aside(step, e)
-        continue
-      _check_compatible(_shapes(saved_state), _shapes(abstract_state), saved_config.get("model", {}),
-                        model_config, self.directory)
-      try:
+        _check_compatible(_shapes(saved_state), _shapes(abstract_state), saved_config.get("model", {}),
+                          model_config, self.directory)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      except ConfigError:
+        raise
       except Exception as e:  # pylint: disable=broad-except  # any damage means: try the one before
+        if step == steps[0]:  # never start a run over silently on top of its own history
+          raise CheckpointError(
+              f"checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
+              f"{_first_line(e)}) and no older one is left: move it away to start over in this workdir, "
+              "or use a new --workdir") from None
         self._set_aside(step, e)
         continue
       return restored.state, restored.data, step
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
-    target = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+    target = base = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+    n = 0
+    while os.path.exists(target):  # the same step set aside before, in an earlier attempt
+      n += 1
+      target = f"{base}.{n}"
     log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, trying the previous one",
-                step, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", target)
+                step, type(error).__name__, _first_line(error), target)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)
@@ -86,6 +99,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  return str(error).splitlines()[0][:200] if str(error) else ""
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import sharding, train
+from jaxtrain import checkpoint, sharding, train
 from jaxtrain.metrics import MetricWriter, read_metrics
 
 ONE = jax.devices()[:1]
@@ -118,18 +118,30 @@ def test_damaged_checkpoint_falls_back_to_the_previous(tiny, tmp_path, caplog):
   c = tiny(train__steps=20, train__log_every=1)
   train.train(c, str(tmp_path), devices=ONE)
   first = losses_by_step(str(tmp_path))
-  state_dir = tmp_path / "checkpoints" / "20" / "state"
-  for root, _, files in os.walk(state_dir):  # damage every array file of step 20
-    for f in files:
-      if not f.endswith(".json") and "zarray" not in f:
-        open(os.path.join(root, f), "wb").close()
-  shutil.rmtree(state_dir / "d", ignore_errors=True)
+
+  def damage(step):
+    state_dir = tmp_path / "checkpoints" / str(step) / "state"
+    for root, _, files in os.walk(state_dir):  # damage every array file of the step
+      for f in files:
+        if not f.endswith(".json") and "zarray" not in f:
+          open(os.path.join(root, f), "wb").close()
+    shutil.rmtree(state_dir / "d", ignore_errors=True)
+
+  damage(20)
   c = tiny(train__steps=20, train__log_every=1)
   summary = train.train(c, str(tmp_path), devices=ONE)
   assert "checkpoint step 20 is unreadable" in caplog.text
   assert os.path.isdir(tmp_path / "corrupt_checkpoints" / "20")  # set aside, not deleted
   assert summary["step"] == 20
   assert losses_by_step(str(tmp_path)) == first  # steps 11..20 redone from step 10, identically
+
+  # With nothing older to fall back to, the run stops: it does not start over on top of its history.
+  for step in (20, 10):
+    damage(step)
+  with pytest.raises(checkpoint.CheckpointError, match="checkpoint step 10 .* no older one is left"):
+    train.train(c, str(tmp_path), devices=ONE)
+  assert os.path.isdir(tmp_path / "checkpoints" / "10") and os.path.isdir(tmp_path / "corrupt_checkpoints" / "20.1")
+  assert losses_by_step(str(tmp_path)) == first  # the metrics are untouched
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path):
