@@ -66,8 +66,8 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
 
   Every step logs the Softmax Collapse metrics (`sc_fraction`, `zero_loss_fraction`,
   `grad_weight_cos`; jaxtrain/collapse.py). With `diagnostics`, metrics also hold
-  per-layer arrays under `layers/...` (see jaxtrain/diagnostics.py; averaged over
-  microbatches) and, per parameter tensor (per layer for the stacked blocks),
+  per-layer arrays under `layers/...` (see jaxtrain/diagnostics.py; over microbatches
+  maxima stay maxima, the rest is averaged) and, per parameter tensor (per layer for the stacked blocks),
   `weight_norm/<path>` and `grad_weight_cos/<path>`; `param_axes` marks the stacked ones.
   """
   t = config.train
@@ -91,21 +91,19 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
     if num_micro == 1:
       (loss, aux), grads = grad_fn(params, batch)
     else:
-      # Row j·M + m goes to microbatch m, so each device's rows split evenly among microbatches.
-      split = lambda x: sharding.constrain(x.reshape(-1, num_micro, *x.shape[1:]).swapaxes(0, 1),
-                                           (None, "batch", None))
-      micro = jax.tree.map(split, batch)
+      micro = _microbatches(batch, num_micro)
 
       def accumulate(acc, mb):
         (loss, aux), grads = grad_fn(params, mb)
-        return jax.tree.map(jnp.add, acc, (loss, aux, grads)), None
+        return jax.tree.map(jnp.add, acc, (loss, grads)), aux
 
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
-                           jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro))))
-      zeros = (zeros[0][0], zeros[0][1], zeros[1])
-      (loss, aux, grads), _ = jax.lax.scan(accumulate, zeros, micro)
-      loss, aux, grads = jax.tree.map(lambda x: x / num_micro, (loss, aux, grads))
+      (loss_shape, _), grads_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro)))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), (loss_shape, grads_shape))
+      (loss, grads), aux_M = jax.lax.scan(accumulate, zeros, micro)
+      loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+      # Maxima (max |activation|, max attention logit) stay maxima over microbatches; the rest is a mean.
+      aux = {k: v.max(0) if "max" in k else v.mean(0) for k, v in aux_M.items()}
 
     grad_norm = optax.tree.norm(grads)
     cos, cos_per = collapse.grad_weight_cosine(grads, params, stacked=stacked)  # of the raw gradient, before ⊥Grad
@@ -134,13 +132,26 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   return train_step
 
 
-def make_eval_step(config, graphdef):
-  """eval_step(params, batch) -> (sum of token losses, number of tokens)."""
+def _microbatches(batch, num_micro: int):
+  """(M, B/M, ...) arrays: row j·M + m goes to microbatch m, so each device's rows split evenly."""
+  split = lambda x: sharding.constrain(x.reshape(-1, num_micro, *x.shape[1:]).swapaxes(0, 1),
+                                       (None, "batch", None))
+  return jax.tree.map(split, batch)
 
-  def eval_step(params, batch):
+
+def make_eval_step(config, graphdef):
+  """eval_step(params, batch) -> (sum of token losses, number of tokens), in train.microbatches passes."""
+
+  def sums(params, batch):
     logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
     _, aux = _loss(config, logits_BTV, batch["targets"])
     return aux["ce_sum"], aux["tokens"]
+
+  def eval_step(params, batch):
+    if config.train.microbatches == 1:
+      return sums(params, batch)
+    per_micro = jax.lax.map(lambda mb: sums(params, mb), _microbatches(batch, config.train.microbatches))
+    return jax.tree.map(lambda x: x.sum(0), per_micro)
 
   return eval_step
 

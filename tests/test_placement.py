@@ -186,3 +186,19 @@ def test_placements_on_the_mesh(tiny, placement_):
   eight, g8 = losses({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())
   np.testing.assert_allclose(eight, one, rtol=2e-5)
   np.testing.assert_allclose(g8, g1, rtol=1e-4)
+
+
+def test_diagnostics_over_microbatches_keep_maxima(tiny):
+  """With gradient accumulation, max |activation| and max attention logit are maxima over the whole batch."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (8, 33), dtype=np.int32)
+  x[4:, :] = 7  # one microbatch of repeated tokens: its statistics differ from the other's
+  batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
+  got = {}
+  for m in (1, 2):
+    c = tiny(train__microbatches=m)
+    prog = train.build(c, sharding.make_mesh(cfg_lib.validate(c, 1), jax.devices()[:1]))
+    _, metrics = prog.diagnostics_step(prog.init(jax.random.key(0)), batch)
+    got[m] = jax.device_get(metrics)
+  for k in ("layers/resid_max_abs", "layers/attn_max_logit", "loss", "layers/grad_norm"):
+    np.testing.assert_allclose(got[2][k], got[1][k], rtol=1e-4, err_msg=k)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import sharding, train
+from jaxtrain import diagnostics, sharding, train
 
 
 def batches(c, n, seed=0):
@@ -55,9 +55,14 @@ def test_microbatches_match_full_batch(reference):
   c, ref_losses, ref_params = reference
   c = c.copy_and_resolve_references()
   c.train.microbatches = 2
-  losses, params, _, _ = run(c, {"data": 4, "fsdp": 2, "tensor": 1}, jax.devices())
+  losses, params, prog, state = run(c, {"data": 4, "fsdp": 2, "tensor": 1}, jax.devices())
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), params, ref_params)
+  # Evaluation runs in microbatches too, with the same result as one pass.
+  b = batches(c, 1, seed=1)[0]
+  ce_sum, tokens = prog.eval_step(state["params"], sharding.host_to_global(b, prog.mesh))
+  assert int(tokens) == c.train.global_batch * c.data.seq_len
+  np.testing.assert_allclose(float(ce_sum / tokens), diagnostics.eval_loss(prog.graphdef, params, [b]), rtol=1e-5)
 
 
 def test_fsdp_divides_parameter_and_optimizer_memory(reference):
