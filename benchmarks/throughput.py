@@ -85,7 +85,8 @@ def mib(n):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   from jaxtrain import malloc  # pylint: disable=g-import-not-at-top
-  malloc_tuned = malloc.reuse_freed_memory()  # as `python -m jaxtrain` does, before JAX starts
+  # As `python -m jaxtrain` does, before JAX starts; from the command line only, since it may restart the process.
+  malloc_tuned = malloc.tune_process() if argv is None else "default"
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
   print(f"machine:  {machine['platform']} / {machine['device_kind']} x{machine['device_count']}, "
         f"{machine['cpu_count']} CPUs ({machine['cpu']}), jax {machine['jax']}")
   print(f"XLA_FLAGS: {machine['xla_flags'] or '(none)'}; malloc: "
-        f"{'jaxtrain.malloc.reuse_freed_memory()' if malloc_tuned else 'default (not tuned)'}")
+        f"{'default (not tuned)' if malloc_tuned == 'default' else 'jaxtrain.malloc.tune_process() via ' + malloc_tuned}")
 
   # ------------------------------------------------ model, optimizer, steps: train.build, as train.train() does
   mesh = sharding.make_mesh(mesh_shape)

@@ -34,7 +34,8 @@ def parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
   from jaxtrain import malloc  # pylint: disable=g-import-not-at-top
-  malloc.reuse_freed_memory()  # before JAX starts its threads; see malloc.py
+  if argv is None:  # a real command line: may restart the process with malloc tuned (see malloc.py)
+    malloc.tune_process()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "orbax", "jax._src", "grain"):  # TFDS warns of every custom builder config
     logging.getLogger(noisy).setLevel(logging.ERROR)

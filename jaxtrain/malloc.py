@@ -1,17 +1,22 @@
 """Keep freed host memory for reuse, so a CPU train step does not page-fault its workspace.
 
-XLA's CPU runtime allocates each step's temporary buffer (750 MiB for the
-benchmark model) with malloc and frees it at the end of the step. glibc serves
-blocks that large with a fresh mmap from a per-thread arena and unmaps them on
-free, so every step touches the whole buffer for the first time: 192k page faults
-and 0.6 s of kernel time per step on a 2-core machine, about 15% of the step
-(measured 2026-11-23, see benchmarks/README.md). With one arena, no mmap and no
-trimming, the block stays in the heap and the next step reuses it.
+XLA's CPU runtime allocates each step's temporary buffers (650 MiB for the
+benchmark model) with malloc and frees them at the end of the step. By default
+glibc serves blocks that large with a fresh mmap from a per-thread arena and
+unmaps them on free, so every step touches its whole workspace for the first
+time: page faults and kernel time, 10-15% of a CPU step on a 2-core machine
+(benchmarks/README.md). With one arena, no mmap and no trimming, freed blocks
+stay in the heap and the next step reuses them.
 
-Call `reuse_freed_memory()` before `import jax` (its threads pick their arenas when
-they start); `python -m jaxtrain` and `benchmarks/throughput.py` do. The cost is
-that the process keeps its peak heap size instead of returning it to the OS.
-Set JAXTRAIN_MALLOC=default to leave malloc alone. Not glibc (macOS, musl): a no-op.
+These settings only hold fully when glibc reads them at process start (from
+GLIBC_TUNABLES): set later with mallopt, the arenas made at start-up still
+unmap, and a step still took ~20k page faults (measured 2026-11-23). So
+`tune_process()`, called first thing by `python -m jaxtrain` and
+`benchmarks/throughput.py`, restarts the process once with GLIBC_TUNABLES set
+(os.execv: same pid, same arguments); where that is impossible it falls back
+to mallopt. The cost is that the process keeps its peak heap size instead of
+returning it to the OS. Set JAXTRAIN_MALLOC=default to leave malloc alone.
+Not glibc (macOS, musl): a no-op.
 """
 
 from __future__ import annotations
@@ -19,25 +24,54 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 
-# mallopt parameters from glibc's malloc.h.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+# (GLIBC_TUNABLES name, mallopt parameter from glibc's malloc.h, value)
+SETTINGS = (
+    ("glibc.malloc.arena_max", -8, 1),                  # all threads share the main (brk) heap ...
+    ("glibc.malloc.mmap_max", -4, 0),                   # ... which serves even the largest blocks ...
+    ("glibc.malloc.trim_threshold", -1, 2**31 - 1),     # ... and keeps freed memory instead of returning it,
+    ("glibc.malloc.top_pad", -2, 2**28),                # grown in 256 MiB steps.
+)
+_MARK = "JAXTRAIN_MALLOC_TUNED"  # set in the restarted process: never restart twice
 
 
-def reuse_freed_memory() -> bool:
-  """Tune glibc malloc for a training process; True if applied."""
-  if os.environ.get("JAXTRAIN_MALLOC", "") == "default":
-    return False
-  name = ctypes.util.find_library("c")
+def _glibc():
   try:
-    libc = ctypes.CDLL(name or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return False
-  if not hasattr(libc, "gnu_get_libc_version"):
-    return False
-  settings = ((M_ARENA_MAX, 1),             # all threads share the main (brk) heap ...
-              (M_MMAP_MAX, 0),              # ... which serves even the largest blocks ...
-              (M_TRIM_THRESHOLD, 2**31 - 1),  # ... and keeps freed memory instead of returning it,
-              (M_TOP_PAD, 2**28))           # grown in 256 MiB steps.
-  return all(mallopt(param, value) == 1 for param, value in settings)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  except OSError:
+    return None
+  return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
+
+def tune_process() -> str:
+  """Tunes glibc malloc for a training process; returns how: 'tunables', 'mallopt' or 'default'.
+
+  Call it before anything else in a program's entry point, never from library
+  code: it may restart the process (os.execv with GLIBC_TUNABLES added).
+  """
+  if os.environ.get("JAXTRAIN_MALLOC", "") == "default":
+    return "default"
+  if os.environ.get(_MARK):
+    return "tunables"
+  libc = _glibc()
+  if libc is None:
+    return "default"
+  argv = getattr(sys, "orig_argv", None)
+  if argv and sys.executable:
+    tunables = ":".join(f"{name}={value}" for name, _, value in SETTINGS)
+    old = os.environ.get("GLIBC_TUNABLES")
+    os.environ["GLIBC_TUNABLES"] = f"{old}:{tunables}" if old else tunables
+    os.environ[_MARK] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+      os.execv(sys.executable, [sys.executable, *argv[1:]])
+    except OSError:  # cannot restart: undo, and tune what can still be tuned
+      del os.environ[_MARK]
+      if old is None:
+        del os.environ["GLIBC_TUNABLES"]
+      else:
+        os.environ["GLIBC_TUNABLES"] = old
+  ok = all(libc.mallopt(param, value) == 1 for _, param, value in SETTINGS)
+  return "mallopt" if ok else "default"

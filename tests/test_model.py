@@ -100,10 +100,17 @@ def test_flop_formula_matches_xla_count(m):
   assert 0.9 < xla / (ours + full_attention) < 1.25
 
 
-@pytest.mark.parametrize("G", [4, 2, 1])
-def test_attention_value_and_gradient_match_plain_softmax(G):
-  """The recomputing backward pass of `causal_attention` equals autodiff of the textbook formula."""
-  B, T, H, K = 2, 12, 4, 8
+def test_query_blocks_cover_the_sequence():
+  assert model.query_blocks(32) == [(0, 32)]  # blocks under 64 rows cost more than they save
+  assert model.query_blocks(128) == [(0, 64), (64, 128)]
+  assert model.query_blocks(256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
+  assert model.query_blocks(200) == [(0, 100), (100, 200)]
+
+
+@pytest.mark.parametrize("G, T", [(4, 12), (2, 12), (1, 12), (2, 128), (1, 256)])
+def test_attention_value_and_gradient_match_plain_softmax(G, T):
+  """The blocked, recomputing `causal_attention` (value and gradient) equals autodiff of the textbook formula."""
+  B, H, K = 2, 4, 8
   q, k, v = (jax.random.normal(jax.random.key(i), (B, T, n, K)) * 2 for i, n in enumerate((H, G, G)))
 
   def plain(q, k, v):
