@@ -7,8 +7,10 @@ temporary directory and renames it when complete, so a run killed mid-save
 leaves no half-written step behind. A step that is complete but unreadable
 (disk damage, a deleted file) is moved to `<workdir>/corrupt_checkpoints/` with
 a warning and the previous step is restored instead: nothing a resume could
-need is deleted. If no readable step is left, the run stops with an error
-rather than starting over on top of its own history.
+need is deleted. Steps are set aside only once an older one has restored: if
+none can be restored, nothing is moved and the run stops with an error (the
+cause may be no damage at all: memory, a flaky filesystem), rather than
+starting over on top of its own history.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import os
 import shutil
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
+from jaxtrain import config as cfg_lib
 from jaxtrain.config import ConfigError
 
 log = logging.getLogger("jaxtrain")
@@ -59,8 +63,8 @@ class Checkpointer:
     structure does not match (another model or optimizer) is a ConfigError,
     never mistaken for damage.
     """
-    steps = self.steps()
-    for step in reversed(steps):
+    failed = []  # (step, error), newest first: set aside only once an older step has restored
+    for step in reversed(self.steps()):
       try:
         saved_state = self.manager.item_metadata(step)["state"]
         saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
@@ -70,15 +74,18 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
       except ConfigError:
         raise
-      except Exception as e:  # pylint: disable=broad-except  # any damage means: try the one before
-        if step == steps[0]:  # never start a run over silently on top of its own history
-          raise CheckpointError(
-              f"checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
-              f"{_first_line(e)}) and no older one is left: move it away to start over in this workdir, "
-              "or use a new --workdir") from None
-        self._set_aside(step, e)
+      except Exception as e:  # pylint: disable=broad-except  # damage, or a failure that is not about this step
+        failed.append((step, e))
         continue
+      for bad_step, error in failed:
+        self._set_aside(bad_step, error)
       return restored.state, restored.data, step
+    if failed:  # nothing restored: maybe not damage at all (out of memory, a flaky filesystem); touch nothing
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} could be restored ("
+          + "; ".join(f"step {s}: {type(e).__name__}: {_first_line(e)}" for s, e in failed)
+          + "): fix the cause and run again, move the damaged steps away to start over, or use a new --workdir"
+      ) from failed[0][1]
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
@@ -116,26 +123,34 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-# Model fields that change the function the parameters compute. A resume must not change them even
-# where shapes stay the same; the rest (dtypes, scan, remat, attention kernel, init) may change.
+# What a resume must not change: the function the parameters compute. Sizes are compared as resolved
+# (head_dim=None and head_dim=d_model/num_heads are the same model); a placement's own knob only where the
+# placement uses it. Everything else (loss and output, dtypes, scan, remat, attention kernel, init) may change.
 SEMANTIC_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                    "mlp", "norm.kind", "norm.eps", "norm.placement", "norm.mix_post_fraction", "norm.res_post_tau",
                    "norm.embed_norm", "norm.out_norm_scale", "norm.final", "qk_norm", "tie_embeddings",
-                   "rope_theta", "output")
+                   "rope_theta")
+_ONLY_FOR = {"norm.mix_post_fraction": "mix", "norm.res_post_tau": "res_post"}
 
 
-def _field(tree: dict, dotted: str):
-  for part in dotted.split("."):
-    if not isinstance(tree, dict) or part not in tree:
-      return KeyError
-    tree = tree[part]
-  return tree
+def _semantics(model: dict) -> dict:
+  """The SEMANTIC_FIELDS of a model config (a dict, as saved in checkpoints), sizes resolved."""
+  m = ml_collections.ConfigDict(model)
+  resolved = {"num_kv_heads": cfg_lib.num_kv_heads, "head_dim": cfg_lib.head_dim, "mlp_dim": cfg_lib.mlp_dim}
+  out = {}
+  for key in SEMANTIC_FIELDS:
+    node = model
+    for part in key.split("."):
+      node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+    if node is KeyError or (key in _ONLY_FOR and _ONLY_FOR[key] != model.get("norm", {}).get("placement")):
+      continue  # absent in an older checkpoint, or no effect with this placement
+    out[key] = resolved[key](m) if key in resolved else node
+  return out
 
 
 def _check_compatible(saved: dict, current: dict, saved_model: dict, model: dict, directory: str) -> None:
-  model_diff = [f"model.{k}: checkpoint {_field(saved_model, k)!r} vs config {_field(model, k)!r}"
-                for k in SEMANTIC_FIELDS
-                if _field(saved_model, k) is not KeyError and _field(saved_model, k) != _field(model, k)]
+  saved_sem, sem = _semantics(saved_model), _semantics(model)
+  model_diff = [f"model.{k}: checkpoint {v!r} vs config {sem.get(k)!r}" for k, v in saved_sem.items() if sem.get(k) != v]
   if saved == current and not model_diff:
     return
   missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))

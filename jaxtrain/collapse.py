@@ -25,6 +25,8 @@ dtype first (`jaxtrain.losses.collapse_stats` does, float64 included).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -108,13 +110,24 @@ def grad_weight_cosine(grads, params, eps: float = 1e-30, stacked=None) -> tuple
   """(global cosine ⟨g, θ⟩ / (‖g‖‖θ‖) over all parameters, the same per tensor; `stacked` as in weight_norms).
 
   Negative: the descent step -g grows the weights along themselves (NLM at -1).
+  The cosine does not depend on the scale of g, so g is divided by its largest
+  entry first: otherwise ‖g‖² underflows in float32 once gradients fall below
+  ~1e-19, which is exactly the collapse regime this measures.
   """
-  dot = lambda g, w: jnp.sum(g.astype(jnp.float32) * w.astype(jnp.float32))
-  dots = _per_tensor(dot, stacked, grads, params)
-  g_sq, w_sq = _per_tensor(_sq, stacked, grads), _per_tensor(_sq, stacked, params)
-  per = jax.tree.map(lambda d, a, b: d / (jnp.sqrt(a * b) + eps), dots, g_sq, w_sq)
-  total = lambda t: sum(jnp.sum(x) for x in jax.tree.leaves(t))
-  return total(dots) / (jnp.sqrt(total(g_sq) * total(w_sq)) + eps), per
+  tiny = jnp.finfo(jnp.float32).tiny
+  unit = lambda g, scale: g.astype(jnp.float32) / (scale + tiny)
+
+  def cos(g, w):
+    g, w = unit(g, jnp.max(jnp.abs(g))), w.astype(jnp.float32)
+    return jnp.sum(g * w) / (jnp.sqrt(_sq(g) * _sq(w)) + eps)
+
+  per = _per_tensor(cos, stacked, grads, params)
+  scale = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads)])
+  g_all = [unit(g, scale) for g in jax.tree.leaves(grads)]
+  w_all = jax.tree.leaves(params)
+  dot = sum(jnp.sum(g * w.astype(jnp.float32)) for g, w in zip(g_all, w_all))
+  g_sq, w_sq = sum(_sq(g) for g in g_all), sum(_sq(w) for w in w_all)
+  return dot / (jnp.sqrt(g_sq * w_sq) + eps), per
 
 
 def flatten(tree, prefix: str) -> dict[str, jax.Array]:

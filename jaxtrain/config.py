@@ -132,7 +132,7 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
     raise ConfigError(f"{path} has no get_config(arg=None) function")
   try:
     config = module.get_config(arg or None) if arg else module.get_config()
-  except (ValueError, KeyError, TypeError) as e:  # a config file's own argument check
+  except ValueError as e:  # a config file's own argument check
     if isinstance(e, ConfigError):
       raise
     raise ConfigError(f"{spec}: {e}") from None
@@ -288,13 +288,14 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
   batch_shards = mesh["data"] * mesh["fsdp"]
   o = config.optim
   positive = {"model.vocab_size": m.vocab_size, "model.d_model": m.d_model, "model.num_layers": m.num_layers,
-              "model.num_heads": m.num_heads, "model.num_kv_heads": num_kv_heads(m), "model.head_dim": head_dim(m),
-              "model.mlp_dim": mlp_dim(m), "model.norm.eps": m.norm.eps, "model.rope_theta": m.rope_theta,
+              "model.num_heads": m.num_heads, "model.norm.eps": m.norm.eps, "model.rope_theta": m.rope_theta,
               "model.max_seq_len": m.max_seq_len, "train.steps": t.steps, "train.global_batch": t.global_batch,
               "data.seq_len": d.seq_len, "train.microbatches": t.microbatches, "train.log_every": t.log_every,
               "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches,
               "train.checkpoint_every": t.checkpoint_every, "train.keep_checkpoints": t.keep_checkpoints,
               "optim.lr": o.lr, "optim.eps": o.eps}
+  # Optional sizes (None: derived) are checked as set, after the sizes they are derived from.
+  positive |= {f"model.{k}": m[k] for k in ("num_kv_heads", "head_dim", "mlp_dim") if m[k] is not None}
   for key, v in positive.items():
     if not v > 0:
       raise ConfigError(f"{key}={v} must be positive")

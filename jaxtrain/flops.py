@@ -52,7 +52,6 @@ PEAK_FLOPS = {
 
 
 @functools.lru_cache(maxsize=None)
-@functools.cache
 def measured_matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
   """This host's matmul ceiling, measured once per process: see `time_matmul`."""
   return time_matmul(dtype, n, repeats)

@@ -33,7 +33,7 @@ SETTINGS = (
     ("glibc.malloc.trim_threshold", -1, 2**31 - 1),     # ... and keeps freed memory instead of returning it,
     ("glibc.malloc.top_pad", -2, 2**28),                # grown in 256 MiB steps.
 )
-_MARK = "JAXTRAIN_MALLOC_TUNED"  # set in the restarted process: never restart twice
+_MARK = "JAXTRAIN_MALLOC_RESTARTED"  # in the restarted process: the GLIBC_TUNABLES it had before
 
 
 def _glibc():
@@ -44,34 +44,46 @@ def _glibc():
   return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
+def _restartable(argv) -> bool:
+  """A program started from a file or a module (`python x.py`, `python -m m`, a console script), not
+  from stdin or an interactive session, which a restart would lose."""
+  if not argv or len(argv) < 2 or sys.flags.interactive or hasattr(sys, "ps1"):
+    return False
+  return argv[1] not in ("-", "-i") and "pydevd" not in sys.modules  # nor under a debugger
+
+
 def tune_process() -> str:
   """Tunes glibc malloc for a training process; returns how: 'tunables', 'mallopt' or 'default'.
 
-  Call it before anything else in a program's entry point, never from library
-  code: it may restart the process (os.execv with GLIBC_TUNABLES added).
+  Call it first thing in a program's entry point, never from library code: it may
+  restart the process (os.execv, same pid and arguments, GLIBC_TUNABLES set). The
+  user's own GLIBC_TUNABLES win over ours, and the restarted process puts the
+  variable back as it was, so child processes (data workers) are not tuned.
   """
   if os.environ.get("JAXTRAIN_MALLOC", "") == "default":
     return "default"
-  if os.environ.get(_MARK):
-    return "tunables"
+  ours = ":".join(f"{name}={value}" for name, _, value in SETTINGS)
+  if _MARK in os.environ:  # restarted: glibc has read the tunables
+    tuned = ours in os.environ.get("GLIBC_TUNABLES", "")
+    before = os.environ.pop(_MARK)
+    if before:
+      os.environ["GLIBC_TUNABLES"] = before
+    else:
+      os.environ.pop("GLIBC_TUNABLES", None)
+    if tuned:
+      return "tunables"
   libc = _glibc()
   if libc is None:
     return "default"
   argv = getattr(sys, "orig_argv", None)
-  if argv and sys.executable:
-    tunables = ":".join(f"{name}={value}" for name, _, value in SETTINGS)
-    old = os.environ.get("GLIBC_TUNABLES")
-    os.environ["GLIBC_TUNABLES"] = f"{old}:{tunables}" if old else tunables
-    os.environ[_MARK] = "1"
+  if _MARK not in os.environ and not os.environ.get("GLIBC_TUNABLES", "").startswith(ours) and _restartable(argv):
+    before = os.environ.get("GLIBC_TUNABLES", "")
+    env = dict(os.environ, GLIBC_TUNABLES=f"{ours}:{before}" if before else ours, **{_MARK: before})
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-      os.execv(sys.executable, [sys.executable, *argv[1:]])
-    except OSError:  # cannot restart: undo, and tune what can still be tuned
-      del os.environ[_MARK]
-      if old is None:
-        del os.environ["GLIBC_TUNABLES"]
-      else:
-        os.environ["GLIBC_TUNABLES"] = old
+      os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    except OSError:
+      pass  # cannot restart: tune what can still be tuned
   ok = all(libc.mallopt(param, value) == 1 for _, param, value in SETTINGS)
   return "mallopt" if ok else "default"

@@ -104,5 +104,6 @@ def _truncate_after(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
   rows = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w") as f:  # a kill while rewriting must not cost the history
     f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(path + ".tmp", path)

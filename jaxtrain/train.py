@@ -223,9 +223,6 @@ def train(config, workdir: str, devices=None) -> dict:
   tokenizer = data.make_tokenizer(config.data)
   devices = list(devices or jax.devices())
   mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size, devices[0].platform)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
 
   ##################################################################### Mesh
   mesh = sharding.make_mesh(mesh_shape, devices)
@@ -251,18 +248,24 @@ def train(config, workdir: str, devices=None) -> dict:
 
   ##################################################################### Restore or initialize
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-  restored = ckpt.restore_latest(prog.abstract_state, m.to_dict())
+  try:
+    restored = ckpt.restore_latest(prog.abstract_state, m.to_dict())
+    if restored is not None and restored[2] > t.steps:
+      raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {restored[2]}, past "
+                                f"train.steps={t.steps}: raise train.steps to continue it, or use a new --workdir")
+  except Exception:
+    ckpt.close()
+    raise
   if restored is not None:
     state, data_state, start = restored
-    if start > t.steps:
-      ckpt.close()
-      raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {start}, past train.steps={t.steps}: "
-                                "raise train.steps to continue it, or use a new --workdir")
     train_iter.set_state(data_state)
     log.info("resumed from step %d in %s", start, ckpt.directory)
   else:
     state, start = prog.init(jax.random.key(config.seed)), 0
     log.info("initialized from seed %d", config.seed)
+  if is_main:  # only now: a config refused above must not replace the one that describes the run
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   ##################################################################### Train loop
   writer = MetricWriter(workdir, total_steps=t.steps, first_step=start, progress=t.progress, enabled=is_main)

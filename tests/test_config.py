@@ -60,6 +60,8 @@ def test_config_file_with_unknown_key(tmp_path):
     ({"model.norm.kind": "batchnorm"}, 1, "model.norm.kind='batchnorm' is not one of"),
     ({"optim.warmup_steps": 10_000}, 1, "exceeds train.steps"),
     ({"model.vocab_size": 128}, 1, "the tokenizer has 256 tokens"),
+    ({"model.num_heads": 0}, 1, "model.num_heads=0 must be positive"),
+    ({"model.d_model": 2}, 1, "model.d_model=2 is not divisible by model.num_heads=4"),
     ({"model.num_kv_heads": 0}, 1, "model.num_kv_heads=0 must be positive"),
     ({"model.mlp_dim": -64}, 1, "model.mlp_dim=-64 must be positive"),
     ({"model.norm.eps": 0.0}, 1, "model.norm.eps=0.0 must be positive"),

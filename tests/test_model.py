@@ -105,9 +105,10 @@ def test_query_blocks_cover_the_sequence():
   assert model.query_blocks(128) == [(0, 64), (64, 128)]
   assert model.query_blocks(256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
   assert model.query_blocks(200) == [(0, 100), (100, 200)]
+  assert model.query_blocks(257) == [(0, 64), (64, 128), (128, 192), (192, 257)]
 
 
-@pytest.mark.parametrize("G, T", [(4, 12), (2, 12), (1, 12), (2, 128), (1, 256)])
+@pytest.mark.parametrize("G, T", [(4, 12), (2, 12), (1, 12), (2, 128), (1, 256), (2, 257)])
 def test_attention_value_and_gradient_match_plain_softmax(G, T):
   """The blocked, recomputing `causal_attention` (value and gradient) equals autodiff of the textbook formula."""
   B, H, K = 2, 4, 8

@@ -44,7 +44,7 @@ def test_collapse_metrics_see_the_collapse_the_output_allows(tiny, output):
     assert 0 < float(m["zero_loss_fraction"]) <= float(m["sc_fraction"])
   else:
     assert float(m["sc_fraction"]) == 0.0 and float(m["zero_loss_fraction"]) == 0.0
-  assert np.isfinite(float(m["grad_weight_cos"]))
+  assert -1.0 - 1e-6 <= float(m["grad_weight_cos"]) <= 1.0 + 1e-6  # bounded even when gradients are tiny
 
 
 def test_eval_and_train_use_the_configured_loss(tiny):
@@ -90,9 +90,8 @@ def test_float64_loss_is_rejected_on_tpu(tiny):
     cfg_lib.validate(tiny(model__output="softmin"), 1)
 
 
-def test_lm_stablemax_config_through_the_cli(tmp_path, data_dir, monkeypatch):
+def test_lm_stablemax_config_through_the_cli(tmp_path, data_dir):
   """configs/lm_stablemax.py:float64,orthograd trains from the command line and logs the collapse metrics."""
-  monkeypatch.setenv("JAXTRAIN_MALLOC", "default")  # in-process: leave the test runner's malloc alone
   workdir = str(tmp_path / "run")
   args = [f"--config={REPO}/configs/lm_stablemax.py:float64,orthograd", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.model.d_model=32", "--config.model.num_layers=2",

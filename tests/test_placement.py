@@ -192,7 +192,7 @@ def test_diagnostics_over_microbatches_keep_maxima(tiny):
   """With gradient accumulation, max |activation| and max attention logit are maxima over the whole batch."""
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (8, 33), dtype=np.int32)
-  x[4:, :] = 7  # one microbatch of repeated tokens: its statistics differ from the other's
+  x[1::2, :] = 7  # row j·M + m goes to microbatch m: microbatch 1 is all repeated tokens, unlike microbatch 0
   batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
   got = {}
   for m in (1, 2):

@@ -175,6 +175,13 @@ def test_norms_and_cosine():
   np.testing.assert_allclose(per_cos["b"], 0, atol=1e-7)
   np.testing.assert_allclose(cos, -25 / (np.sqrt(26) * 13), rtol=1e-6)
   assert set(collapse.flatten(per, "weight_norm")) == {"weight_norm/a", "weight_norm/b"}
+  # Gradients far below float32's squared range (the collapse regime): the cosine does not underflow.
+  tiny = jax.tree.map(lambda g: g * 1e-24, grads)
+  cos_tiny, per_tiny = jax.jit(collapse.grad_weight_cosine)(tiny, params)
+  np.testing.assert_allclose(cos_tiny, cos, rtol=1e-5)
+  np.testing.assert_allclose(per_tiny["a"], -1, rtol=1e-5)
+  zero_cos, _ = collapse.grad_weight_cosine(jax.tree.map(jnp.zeros_like, grads), params)
+  assert zero_cos == 0
 
 
 # ---------------------------------------------------------------- ⊥Grad
