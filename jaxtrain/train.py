@@ -35,6 +35,7 @@ log = logging.getLogger("jaxtrain")
 
 # Metrics of the diagnostics step only (per layer or per tensor); they go on a line of their own.
 DIAGNOSTIC_PREFIXES = ("layers/", "weight_norm/", "grad_weight_cos/")
+MAXIMA = ("layers/resid_max_abs", "layers/attn_max_logit")  # over microbatches, the max; every other metric, the mean
 
 
 class NonFiniteError(FloatingPointError):
@@ -102,8 +103,7 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
       (loss, grads), aux_M = jax.lax.scan(accumulate, zeros, micro)
       loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-      # Maxima (max |activation|, max attention logit) stay maxima over microbatches; the rest is a mean.
-      aux = {k: v.max(0) if "max" in k else v.mean(0) for k, v in aux_M.items()}
+      aux = {k: v.max(0) if k in MAXIMA else v.mean(0) for k, v in aux_M.items()}
 
     grad_norm = optax.tree.norm(grads)
     cos, cos_per = collapse.grad_weight_cosine(grads, params, stacked=stacked)  # of the raw gradient, before ⊥Grad

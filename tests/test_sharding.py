@@ -58,8 +58,10 @@ def test_microbatches_match_full_batch(reference):
   losses, params, prog, state = run(c, {"data": 4, "fsdp": 2, "tensor": 1}, jax.devices())
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), params, ref_params)
-  # Evaluation runs in microbatches too, with the same result as one pass.
+  # Evaluation runs in microbatches too (its inputs split to [M, B/M, T]), with the same result as one pass.
   b = batches(c, 1, seed=1)[0]
+  hlo = prog.eval_step.jitted.lower(state["params"], sharding.host_to_global(b, prog.mesh)).as_text()
+  assert f"tensor<2x{c.train.global_batch // 2}x{c.data.seq_len}xi32>" in hlo
   ce_sum, tokens = prog.eval_step(state["params"], sharding.host_to_global(b, prog.mesh))
   assert int(tokens) == c.train.global_batch * c.data.seq_len
   np.testing.assert_allclose(float(ce_sum / tokens), diagnostics.eval_loss(prog.graphdef, params, [b]), rtol=1e-5)
