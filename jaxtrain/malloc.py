@@ -63,20 +63,18 @@ def tune_process() -> str:
   if os.environ.get("JAXTRAIN_MALLOC", "") == "default":
     return "default"
   ours = ":".join(f"{name}={value}" for name, _, value in SETTINGS)
-  if _MARK in os.environ:  # restarted: glibc has read the tunables
-    tuned = ours in os.environ.get("GLIBC_TUNABLES", "")
+  if _MARK in os.environ:  # the restarted process: glibc has read the tunables; never restart twice
     before = os.environ.pop(_MARK)
     if before:
       os.environ["GLIBC_TUNABLES"] = before
     else:
       os.environ.pop("GLIBC_TUNABLES", None)
-    if tuned:
-      return "tunables"
+    return "tunables"
   libc = _glibc()
   if libc is None:
     return "default"
   argv = getattr(sys, "orig_argv", None)
-  if _MARK not in os.environ and not os.environ.get("GLIBC_TUNABLES", "").startswith(ours) and _restartable(argv):
+  if _restartable(argv):
     before = os.environ.get("GLIBC_TUNABLES", "")
     env = dict(os.environ, GLIBC_TUNABLES=f"{ours}:{before}" if before else ours, **{_MARK: before})
     sys.stdout.flush()

@@ -263,17 +263,16 @@ def train(config, workdir: str, devices=None) -> dict:
   else:
     state, start = prog.init(jax.random.key(config.seed)), 0
     log.info("initialized from seed %d", config.seed)
+  config_json = json.loads(config.to_json_best_effort())
   if is_main:  # only now: a config refused above must not replace the one that describes the run
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+      json.dump(config_json, f, indent=2)
 
   ##################################################################### Train loop
   writer = MetricWriter(workdir, total_steps=t.steps, first_step=start, progress=t.progress, enabled=is_main)
   peak, peak_source = flops.peak_flops(m.compute_dtype, t.peak_flops, devices)
   step_flops = flops.train_flops_per_step(m, config.data.seq_len, t.global_batch)
   log.info("MFU against %.3g FLOP/s (%s); %.3g model FLOPs per step", peak, peak_source, step_flops)
-  config_json = json.loads(config.to_json_best_effort())
-
   stop_signal = []
   def on_signal(signum, _):
     if stop_signal and signum == signal.SIGINT:
