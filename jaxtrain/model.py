@@ -19,6 +19,8 @@ V vocab, L layers.
 from __future__ import annotations
 
 import functools
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +37,29 @@ def matmul(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
   return jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
 
 
+class ParamInfo(NamedTuple):
+  """What a parameter is, declared where it is made: the optimizer's per-group rules read this, never names or shapes.
+
+  role:   'embedding' | 'hidden' (a linear inside a block) | 'head' (untied LM head) | 'norm' (gains and biases)
+  fan_in: the number of inputs summed per output (the contracted size; 1 for norms), per layer for stacked blocks
+  """
+  role: str
+  fan_in: int
+
+
+def fan_in(eq: str, shape) -> int:
+  """The contracted size of the weight in einsum `eq` ('btd,dhk->bthk' and shape (D, H, K): D)."""
+  (x_spec, w_spec), out_spec = eq.split("->")[0].split(","), eq.split("->")[1]
+  return math.prod(n for a, n in zip(w_spec, shape) if a in x_spec and a not in out_spec)
+
+
 class Linear(nnx.Module):
   """A weight of any rank applied by an einsum, e.g. 'btd,dhk->bthk'."""
 
-  def __init__(self, eq, shape, axes, *, std, m, rngs):
+  def __init__(self, eq, shape, axes, *, std, m, rngs, role="hidden"):
     self.eq, self.dtype = eq, jnp.dtype(m.compute_dtype)
     w = std * jax.random.normal(rngs.params(), shape, jnp.dtype(m.param_dtype))
-    self.w = nnx.Param(w, axes=axes)
+    self.w = nnx.Param(w, axes=axes, info=ParamInfo(role, fan_in(eq, shape)))
 
   def __call__(self, x):
     return matmul(self.eq, x, self.w[...], self.dtype)
@@ -53,8 +71,10 @@ class Norm(nnx.Module):
   def __init__(self, dim, *, m, axis_name="embed", learnable=True):
     self.kind, self.eps = m.norm.kind, m.norm.eps
     dtype = jnp.dtype(m.param_dtype)
-    self.scale = nnx.Param(jnp.ones((dim,), dtype), axes=(axis_name,)) if learnable else None
-    self.bias = nnx.Param(jnp.zeros((dim,), dtype), axes=(axis_name,)) if learnable and self.kind == "layernorm" else None
+    info = ParamInfo("norm", 1)
+    self.scale = nnx.Param(jnp.ones((dim,), dtype), axes=(axis_name,), info=info) if learnable else None
+    self.bias = (nnx.Param(jnp.zeros((dim,), dtype), axes=(axis_name,), info=info)
+                 if learnable and self.kind == "layernorm" else None)
 
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
@@ -266,7 +286,8 @@ class Transformer(nnx.Module):
     self.m = m
     V, D = m.vocab_size, m.d_model
     self.embed = nnx.Param(
-        m.init_std * jax.random.normal(rngs.params(), (V, D), jnp.dtype(m.param_dtype)), axes=("vocab", "embed"))
+        m.init_std * jax.random.normal(rngs.params(), (V, D), jnp.dtype(m.param_dtype)), axes=("vocab", "embed"),
+        info=ParamInfo("embedding", 1))
 
     @nnx.split_rngs(splits=m.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -277,7 +298,7 @@ class Transformer(nnx.Module):
     self.embed_norm = Norm(D, m=m) if m.norm.embed_norm else None
     self.final_norm = Norm(D, m=m) if m.norm.final else None
     if not m.tie_embeddings:
-      self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs)
+      self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs, role="head")
 
   def __call__(self, tokens_BT):
     return self.logits(self.hidden(tokens_BT))
@@ -365,6 +386,17 @@ def abstract(m):
 
   axes = jax.tree.map(axes_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
+
+
+def param_info(m):
+  """A pytree like the params with a `ParamInfo` (role, fan-in) at each leaf, from what each layer declares."""
+  state = nnx.state(nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(0))))
+  info = jax.tree.map(lambda v: v.get_metadata()["info"], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(info)
+
+
+def is_info(x) -> bool:
+  return isinstance(x, ParamInfo)
 
 
 def stacked(axes_tree):
