@@ -1,40 +1,60 @@
-"""Checkpoints: Orbax, asynchronous, keep-last-k, and a restore that falls back past damage.
+"""Checkpoints: Orbax, asynchronous, keep-last-k, and a restore all hosts agree on that falls back past damage.
 
 A checkpoint at step s holds three items: `state` (the train-state pytree:
-params, optimizer state, step, rng), `data` (the data iterator's position, JSON)
-and `config` (the resolved config, JSON). Orbax writes each step into a
-temporary directory and renames it when complete, so a run killed mid-save
-leaves no half-written step behind. A step that is complete but unreadable
-(disk damage, a deleted file) is moved to `<workdir>/corrupt_checkpoints/` with
-a warning and the previous step is restored instead: nothing a resume could
-need is deleted. Steps are set aside only once an older one has restored: if
-none can be restored, nothing is moved and the run stops with an error (the
-cause may be no damage at all: memory, a flaky filesystem), rather than
-starting over on top of its own history.
+params, optimizer state, step, rng; each host writes its own shards), `data`
+(the data setup's fingerprint and the step, the same on every host, since the
+data position is a function of the step) and `config` (the resolved config,
+JSON). Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed mid-save leaves no half-written step behind.
+
+Restore, newest step first: every host reads the step (state through Orbax's
+handler directly, so no host waits in a barrier for one that failed) and
+classifies the outcome as read, damaged (a missing, empty or undecodable file),
+or failed for another reason (retried twice, then reported: memory, a flaky
+filesystem are no damage). The hosts exchange their outcomes (`hosts.gather`)
+and act on the worst one, so all restore the same step. A damaged step is moved
+to `<workdir>/corrupt_checkpoints/` by host 0, behind a barrier, and only once an
+older step has restored: if none can be restored, nothing is moved and the run
+stops with an error rather than starting over on top of its own history.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import time
+from typing import Any, NamedTuple
 
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import hosts
 from jaxtrain.config import ConfigError
 
 log = logging.getLogger("jaxtrain")
+
+# Outcomes of reading one step on one host, ordered: the hosts act on the largest.
+READ, DAMAGED, FAILED, REFUSED = 0, 1, 2, 3
+RETRIES = 2  # a read error that is not damage is retried this many times (1 s, 2 s apart)
 
 
 class CheckpointError(RuntimeError):
   """No checkpoint in the workdir can be restored; what to do is in the message."""
 
 
+class Restored(NamedTuple):
+  state: Any      # the train state, placed as the abstract state said
+  step: int
+  config: dict    # the config the checkpoint was written with (JSON)
+
+
 class Checkpointer:
-  """A thin layer over `ocp.CheckpointManager` for the train state, data position and config."""
+  """A thin layer over `ocp.CheckpointManager` for the train state, data fingerprint and config."""
 
   def __init__(self, directory: str, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
@@ -45,41 +65,44 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                              create=True, cleanup_tmp_directories=True))
 
-  def save(self, step: int, state, data_state: dict, config_json: dict) -> None:
-    """Starts an asynchronous save of step `step` (returns once arrays are copied off the device)."""
+  def save(self, step: int, state, data_fingerprint: dict, config_json: dict) -> None:
+    """Starts an asynchronous save of step `step` (returns once arrays are copied off the device).
+
+    Every host calls it at the same step (it has cross-host barriers)."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
+        data=ocp.args.JsonSave({"step": int(step), "fingerprint": data_fingerprint}),
         config=ocp.args.JsonSave(config_json)), force=True)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def restore_latest(self, abstract_state, model_config: dict):
-    """(state, data_state, step) of the newest readable checkpoint, or None if there is none.
+  def restore_latest(self, abstract_state, model_config: dict, data_fingerprint: dict | None = None):
+    """Restored(state, step, config) of the newest step every host can read, or None if there is none.
 
     `abstract_state` holds ShapeDtypeStructs with shardings: arrays are placed
-    (and resharded, if the mesh changed) as it says. A checkpoint whose
-    structure does not match (another model or optimizer) is a ConfigError,
-    never mistaken for damage.
+    (and resharded, if the mesh or host count changed) as it says. A checkpoint
+    of another model or optimizer, or of another data setup (`data_fingerprint`),
+    is a ConfigError, never mistaken for damage. Call it on every host.
     """
     failed = []  # (step, error), newest first: set aside only once an older step has restored
-    for step in reversed(self.steps()):
-      try:
-        saved_state = self.manager.item_metadata(step)["state"]
-        saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-        _check_compatible(_shapes(saved_state), _shapes(abstract_state), saved_config.get("model", {}),
-                          model_config, self.directory)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-      except ConfigError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except  # damage, or a failure that is not about this step
-        failed.append((step, e))
+    for step in reversed(hosts.broadcast(self.steps())):  # host 0's list: a listing can differ while a save lands
+      outcome, result = self._read(step, abstract_state, model_config, data_fingerprint)
+      worst = int(hosts.gather(outcome).max())
+      if worst == REFUSED:
+        raise result if outcome == REFUSED else ConfigError(
+            f"another host refused the checkpoint in {self.directory} at step {step}: see its log")
+      if worst == FAILED:
+        error = result if outcome == FAILED else RuntimeError("another host could not read it: see its log")
+        raise CheckpointError(
+            f"checkpoint step {step} in {self.directory} could not be read ({type(error).__name__}: "
+            f"{_first_line(error)}) and this is no sign of damage: nothing was moved; fix the cause and run again"
+        ) from (error if outcome == FAILED else None)
+      if worst == DAMAGED:
+        failed.append((step, result if outcome == DAMAGED else RuntimeError("damaged as read by another host")))
         continue
-      for bad_step, error in failed:
-        self._set_aside(bad_step, error)
-      return restored.state, restored.data, step
+      self._set_aside(failed)
+      return Restored(result[0], step, result[1])
     if failed:  # nothing restored: maybe not damage at all (out of memory, a flaky filesystem); touch nothing
       raise CheckpointError(
           f"no checkpoint in {self.directory} could be restored ("
@@ -88,24 +111,90 @@ class Checkpointer:
       ) from failed[0][1]
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
-    target = base = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
-    n = 0
-    while os.path.exists(target):  # the same step set aside before, in an earlier attempt
-      n += 1
-      target = f"{base}.{n}"
-    log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, trying the previous one",
-                step, type(error).__name__, _first_line(error), target)
+  def _read(self, step, abstract_state, model_config, data_fingerprint):
+    """(outcome, (state, saved config) or error) of reading `step` on this host; no cross-host calls."""
+    path = epath.Path(self.directory) / str(step)
+    for attempt in range(RETRIES + 1):
+      try:
+        saved_state = self.manager.item_metadata(step)["state"]
+        saved_config = ocp.JsonCheckpointHandler().restore(path / "config")
+        saved_data = ocp.JsonCheckpointHandler().restore(path / "data")
+        if saved_state is None or saved_config is None:
+          raise FileNotFoundError(f"step {step} has no state metadata or config")
+        _check_compatible(_shapes(saved_state), _shapes(abstract_state), saved_config.get("model", {}),
+                          model_config, self.directory)
+        if data_fingerprint is not None:
+          _check_same_data(saved_data, data_fingerprint, self.directory)
+        state = ocp.StandardCheckpointHandler().restore(path / "state", args=ocp.args.StandardRestore(abstract_state))
+        return READ, (state, saved_config)
+      except ConfigError as e:
+        return REFUSED, e
+      except Exception as e:  # pylint: disable=broad-except  # sorted below: damage, or a failure to retry
+        if is_damage(e):
+          return DAMAGED, e
+        if attempt == RETRIES:
+          return FAILED, e
+        log.warning("checkpoint step %d: %s: %s; retrying", step, type(e).__name__, _first_line(e))
+        time.sleep(2 ** attempt)
+
+  def _set_aside(self, failed) -> None:
+    """Host 0 moves the damaged steps to corrupt_checkpoints/; every host waits for it, then re-lists."""
+    steps = [step for step, _ in failed]
+    for step, error in failed:
+      log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, restored the previous one",
+                  step, type(error).__name__, _first_line(error), os.path.join(self._corrupt_dir(), str(step)))
+    if not steps:
+      return
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      for step in steps:
+        target = base = os.path.join(self._corrupt_dir(), str(step))
+        n = 0
+        while os.path.exists(target):  # the same step set aside before, in an earlier attempt
+          n += 1
+          target = f"{base}.{n}"
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+    hosts.barrier("jaxtrain:set_aside")
     self.manager.reload()
+
+  def _corrupt_dir(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a read error means the files are damaged (missing, empty, undecodable), not a passing failure."""
+  if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError,
+                        UnicodeDecodeError, EOFError)):
+    return True
+  if isinstance(error, (PermissionError, MemoryError, TimeoutError, ConnectionError, InterruptedError)):
+    return False
+  text = f"{type(error).__name__}: {error}".lower()
+  return any(word in text for word in _DAMAGE_WORDS)
+
+
+# How tensorstore and Orbax word damage: a missing or cut-short file, a bad checksum, an undecodable chunk.
+_DAMAGE_WORDS = ("not_found", "not found", "no such file", "data_loss", "data loss", "corrupt", "checksum",
+                 "error reading", "error decoding", "failed to decode", "unexpected end", "truncated", "missing",
+                 "invalid manifest", "does not exist", "out_of_range", "out of range")
+
+
+def _check_same_data(saved: dict | None, fingerprint: dict, directory: str) -> None:
+  """ConfigError naming the first data-setup field that differs from the checkpoint's."""
+  saved_fp = (saved or {}).get("fingerprint")
+  if saved_fp is None:
+    raise ConfigError(f"the checkpoint in {directory} was written by an older jaxtrain (a per-host data iterator "
+                      "position, not restorable exactly): use a new --workdir")
+  for key in list(fingerprint) + [k for k in saved_fp if k not in fingerprint]:  # the data's own order: cause first
+    if saved_fp.get(key) != fingerprint.get(key):
+      raise ConfigError(
+          f"the checkpoint in {directory} was trained on other data ({key}: checkpoint {saved_fp.get(key)!r} vs "
+          f"config {fingerprint.get(key)!r}): a resume continues the same data; use a new --workdir, or set it back")
 
 
 def _first_line(error: Exception) -> str:
@@ -123,34 +212,35 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-# What a resume must not change: the function the parameters compute. Sizes are compared as resolved
-# (head_dim=None and head_dim=d_model/num_heads are the same model); a placement's own knob only where the
-# placement uses it. Everything else (loss and output, dtypes, scan, remat, attention kernel, init) may change.
-SEMANTIC_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-                   "mlp", "norm.kind", "norm.eps", "norm.placement", "norm.mix_post_fraction", "norm.res_post_tau",
-                   "norm.embed_norm", "norm.out_norm_scale", "norm.final", "qk_norm", "tie_embeddings",
-                   "rope_theta")
+# What a resume may change: how the parameters are stored, computed and initialized, and the loss, never the
+# function they compute. Every other model field, present or future, is semantic: a resume must not change it.
+# Sizes are compared as resolved (head_dim=None and head_dim=d_model/num_heads are the same model); a placement's
+# own knob only where the placement uses it.
+MAY_CHANGE = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention", "output", "init_std",
+              "depth_scaled_init", "max_seq_len", "fp8", "fp8_grad_scale", "fp8_history")
 _ONLY_FOR = {"norm.mix_post_fraction": "mix", "norm.res_post_tau": "res_post"}
+_RESOLVED = {"num_kv_heads": cfg_lib.num_kv_heads, "head_dim": cfg_lib.head_dim, "mlp_dim": cfg_lib.mlp_dim}
 
 
 def _semantics(model: dict) -> dict:
-  """The SEMANTIC_FIELDS of a model config (a dict, as saved in checkpoints), sizes resolved."""
+  """{dotted field: value} of a model config (a dict, as saved in checkpoints) but MAY_CHANGE, sizes resolved."""
   m = ml_collections.ConfigDict(model)
-  resolved = {"num_kv_heads": cfg_lib.num_kv_heads, "head_dim": cfg_lib.head_dim, "mlp_dim": cfg_lib.mlp_dim}
-  out = {}
-  for key in SEMANTIC_FIELDS:
-    node = model
-    for part in key.split("."):
-      node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
-    if node is KeyError or (key in _ONLY_FOR and _ONLY_FOR[key] != model.get("norm", {}).get("placement")):
-      continue  # absent in an older checkpoint, or no effect with this placement
-    out[key] = resolved[key](m) if key in resolved else node
-  return out
+  placement = model.get("norm", {}).get("placement")
+
+  def leaves(node, prefix=""):
+    for k, v in node.items():
+      key = prefix + k
+      if isinstance(v, dict):
+        yield from leaves(v, key + ".")
+      elif key not in MAY_CHANGE and _ONLY_FOR.get(key, placement) == placement:
+        yield key, _RESOLVED[key](m) if key in _RESOLVED else v
+  return dict(leaves(model))
 
 
 def _check_compatible(saved: dict, current: dict, saved_model: dict, model: dict, directory: str) -> None:
   saved_sem, sem = _semantics(saved_model), _semantics(model)
-  model_diff = [f"model.{k}: checkpoint {v!r} vs config {sem.get(k)!r}" for k, v in saved_sem.items() if sem.get(k) != v]
+  model_diff = [f"model.{k}: checkpoint {v!r} vs config {sem[k]!r}"  # a field absent on one side: older or newer code
+                for k, v in saved_sem.items() if k in sem and sem[k] != v]
   if saved == current and not model_diff:
     return
   missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))

@@ -16,11 +16,14 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import logging
 import math
 import os
 
 import ml_collections
 from ml_collections import config_dict
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")  # jaxtrain/placement.py
@@ -50,6 +53,7 @@ def base() -> ml_collections.ConfigDict:
           eps=1e-6,
           placement="pre",     # pre | post | mix | peri | lns | res_post
           mix_post_fraction=0.25,  # Mix-LN's α: the first ⌊α·L⌋ layers are Post-LN
+          mix_post_layers=config_dict.placeholder(int),  # Mix-LN's count (the official POST_NUM); None: ⌊α·L⌋
           res_post_tau=0.5,    # res_post: x <- √(1-τ)·x + √τ·N(f(x))
           embed_norm=False,    # a norm on the embedding output (Peri-LN's optional one)
           out_norm_scale=True, # Peri-LN: the output norms have a learnable scale (else fixed at 1)
@@ -67,6 +71,16 @@ def base() -> ml_collections.ConfigDict:
       remat="none",            # none | full | dots (save matmul outputs, recompute the rest)
       attention="xla",         # xla (einsum; all platforms) | cudnn (jax.nn.dot_product_attention)
       output="softmax",        # softmax | stablemax: the output activation of the loss (jaxtrain/stablemax.py)
+      parametrization="sp",    # sp (standard) | mus (μnit Scaling: unit init, static 1/√fan_in multipliers)
+      mus=dict(                # parametrization=mus only (d_base also for the optimizer's per-group rules)
+          d_base=256,          # the base width that learning rates transfer from
+          attn_scale="inv_sqrt",  # attention logits q·k/√K (inv_sqrt, the paper's) | q·k/K (inv, μP's)
+          embed_mult=1.0,      # embedding output multiplier (the paper: 1)
+          head_mult=1.0,       # LM head multiplier on top of 1/fan_in (the paper: 1)
+      ),
+      fp8="none",              # none | static (μS: saturating casts, no scales) | delayed (amax history); fp8.py
+      fp8_grad_scale=0.0,      # static: output gradients ×S before the E5M2 cast (undone after); 0: auto (fp8.py)
+      fp8_history=1024,        # delayed: amax history length (Flax's default)
   )
 
   c.data = dict(
@@ -99,15 +113,19 @@ def base() -> ml_collections.ConfigDict:
   )
 
   c.optim = dict(
-      lr=3e-3,
+      name="adamw",            # adamw | lion (jaxtrain/optim.py)
+      lr=3e-3,                 # peak learning rate η (of the groups with multiplier 1, see lr_rule)
+      lr_rule="none",          # none (η for all) | mus (hidden η·√(fan_in at d_base/fan_in), others η) | sp (all η·d_base/d)
       schedule="cosine",       # cosine | wsd | constant (each after linear warmup)
+      schedule_steps=0,        # steps the schedule is laid over; 0: train.steps (set it to continue on the old curve)
       warmup_steps=100,
       decay_fraction=0.2,      # wsd: share of steps spent decaying at the end
       min_lr_ratio=0.1,        # final lr = min_lr_ratio · lr
-      b1=0.9,
-      b2=0.95,
-      eps=1e-8,
-      weight_decay=0.1,        # decoupled (AdamW), on matrices only
+      b1=config_dict.placeholder(float),   # None: 0.9 (adamw and lion)
+      b2=config_dict.placeholder(float),   # None: 0.95 (adamw), 0.99 (lion: its momentum's decay)
+      eps=config_dict.placeholder(float),  # None: 1e-8 (adamw); lion has none
+      weight_decay=0.1,        # λ, on embedding, hidden and head matrices (never norms)
+      weight_decay_mode="coupled",  # coupled (p -= η_t·λ·p, AdamW) | independent (p *= 1 - λ·s(t), μS: fully decoupled)
       clip_norm=1.0,           # global-norm clipping; 0 disables
       orthograd=False,         # ⊥Grad: drop each gradient's component along its weights (jaxtrain/orthograd.py)
   )
@@ -140,8 +158,10 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
   config = ml_collections.ConfigDict(config)  # a copy; the file's object stays untouched
   for item in overrides:
     key, eq, value = item.partition("=")
-    if not eq:
-      raise ConfigError(f"override {item!r} has no '=': write --config.{key}=VALUE")
+    if not eq:  # a bare `--config.a.b` (absl's boolean flag form): true for a boolean field
+      if key in _flat_keys(config) and field_type(config, key) is not bool:
+        raise ConfigError(f"--config.{key} has no value: write --config.{key}=VALUE or --config.{key} VALUE")
+      value = "true"
     set_field(config, key, value)
   config.lock()
   return config
@@ -213,6 +233,20 @@ def set_field(config, key: str, raw: str) -> None:
   node[leaf] = _parse(raw, node._fields[leaf], key)
 
 
+def get_field(config, key: str):
+  """The value of `config.<key>` (`key` dotted, as on the command line)."""
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def field_type(config, key: str) -> type:
+  """The type a command-line value for `config.<key>` is parsed as (a placeholder's declared type)."""
+  *parents, leaf = key.split(".")
+  like = get_field(config, ".".join(parents))._fields[leaf] if parents else config._fields[leaf]
+  return like.get_type() if isinstance(like, config_dict.FieldReference) else type(like)
+
+
 # ---------------------------------------------------------------- derived values
 
 
@@ -260,19 +294,28 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("xla", "cudnn"),
     "model.output": OUTPUTS,
+    "model.parametrization": ("sp", "mus"),
+    "model.mus.attn_scale": ("inv_sqrt", "inv"),
+    "model.fp8": ("none", "static", "delayed"),
     "train.loss_dtype": ("float32", "float64"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
     "optim.schedule": ("cosine", "wsd", "constant"),
+    "optim.name": ("adamw", "lion"),
+    "optim.lr_rule": ("none", "mus", "sp"),
+    "optim.weight_decay_mode": ("coupled", "independent"),
     "train.on_nonfinite": ("stop", "skip"),
     "train.progress": ("auto", "bar", "log"),
 }
 
 
-def validate(config, num_devices: int, vocab_size: int | None = None, platform: str | None = None) -> dict[str, int]:
+def validate(config, num_devices: int, vocab_size: int | None = None, platform: str | None = None,
+             process_count: int = 1, local_devices: int | None = None) -> dict[str, int]:
   """Checks everything that can be checked before compiling; returns the mesh shape.
 
   `platform` ('cpu', 'gpu', 'tpu'; None: not checked) rules out what the hardware cannot do.
+  `process_count` and `local_devices` (this process's share of the `num_devices`; None:
+  not checked) rule out host layouts that cannot run (`_validate_hosts`).
 
   Raises ConfigError with a one-line message naming the problem and the fix.
   """
@@ -286,6 +329,7 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
   m, t, d = config.model, config.train, config.data
   mesh = mesh_shape(config.mesh, num_devices)
   batch_shards = mesh["data"] * mesh["fsdp"]
+  _validate_hosts(mesh, num_devices, process_count, local_devices, platform)
   o = config.optim
   positive = {"model.vocab_size": m.vocab_size, "model.d_model": m.d_model, "model.num_layers": m.num_layers,
               "model.num_heads": m.num_heads, "model.norm.eps": m.norm.eps, "model.rope_theta": m.rope_theta,
@@ -293,13 +337,15 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
               "data.seq_len": d.seq_len, "train.microbatches": t.microbatches, "train.log_every": t.log_every,
               "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches,
               "train.checkpoint_every": t.checkpoint_every, "train.keep_checkpoints": t.keep_checkpoints,
-              "optim.lr": o.lr, "optim.eps": o.eps}
+              "optim.lr": o.lr}
   # Optional sizes (None: derived) are checked as set, after the sizes they are derived from.
   positive |= {f"model.{k}": m[k] for k in ("num_kv_heads", "head_dim", "mlp_dim") if m[k] is not None}
+  positive |= {"optim.eps": o.eps} if o.eps is not None else {}
   for key, v in positive.items():
     if not v > 0:
       raise ConfigError(f"{key}={v} must be positive")
   non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+                  "optim.schedule_steps": o.schedule_steps,
                   "optim.clip_norm": o.clip_norm, "train.z_loss": t.z_loss, "model.init_std": m.init_std,
                   "train.diagnostics_every": t.diagnostics_every, "train.peak_flops": t.peak_flops,
                   "data.num_workers": d.num_workers}
@@ -307,7 +353,7 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
     if not v >= 0:
       raise ConfigError(f"{key}={v} must be >= 0 (0 turns it off where that applies)")
   for key, v in {"optim.b1": o.b1, "optim.b2": o.b2}.items():
-    if not 0 <= v < 1:
+    if v is not None and not 0 <= v < 1:
       raise ConfigError(f"{key}={v} must be in [0, 1)")
   for key, v in {"optim.decay_fraction": o.decay_fraction, "optim.min_lr_ratio": o.min_lr_ratio,
                  "model.norm.mix_post_fraction": m.norm.mix_post_fraction}.items():
@@ -334,11 +380,10 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
     raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
   if vocab_size is not None and vocab_size > m.vocab_size:
     raise ConfigError(f"the tokenizer has {vocab_size} tokens but model.vocab_size={m.vocab_size}; raise model.vocab_size")
-  if o.warmup_steps > t.steps:
-    raise ConfigError(f"optim.warmup_steps={o.warmup_steps} exceeds train.steps={t.steps}")
-  if o.schedule == "wsd" and o.warmup_steps + round(o.decay_fraction * t.steps) > t.steps:
-    raise ConfigError(f"optim.schedule=wsd: warmup_steps={o.warmup_steps} plus the decay "
-                      f"(decay_fraction·steps={round(o.decay_fraction * t.steps)}) exceed train.steps={t.steps}")
+  _validate_optim(o, t.steps)
+  if m.norm.mix_post_layers is not None and not 0 <= m.norm.mix_post_layers <= m.num_layers:
+    raise ConfigError(f"model.norm.mix_post_layers={m.norm.mix_post_layers} must be in [0, model.num_layers="
+                      f"{m.num_layers}] (or None: ⌊mix_post_fraction·num_layers⌋)")
   if not 0 < m.norm.res_post_tau < 1:
     raise ConfigError(f"model.norm.res_post_tau={m.norm.res_post_tau} must be in (0, 1)")
   if m.attention == "cudnn" and m.compute_dtype == "float32":
@@ -347,4 +392,98 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
     raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=xla")
   if t.loss_dtype == "float64" and platform == "tpu":
     raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
+  _validate_mus_fp8(m, micro * d.seq_len, platform)
   return mesh
+
+
+def _validate_hosts(mesh: dict[str, int], num_devices: int, processes: int, local: int | None, platform) -> None:
+  """The host layout (one process per host): what cannot run, or would run tensor parallelism across hosts.
+
+  The mesh orders devices process by process with `tensor` the fastest axis
+  (`sharding.make_mesh`), so a tensor group stays inside one process exactly when
+  mesh.tensor divides its device count. On GPU and CPU clusters hosts talk over the
+  network, too slow for the collectives tensor parallelism runs in every layer; a
+  TPU slice's chips share one interconnect across hosts, so there it is not checked.
+  """
+  if processes == 1 or platform == "tpu":
+    return
+  if local is not None and local * processes != num_devices:
+    raise ConfigError(f"{num_devices} devices are not {processes} processes x {local}: every process must have the "
+                      "same number of devices (check --cpu_devices, JAX_LOCAL_DEVICE_IDS or CUDA_VISIBLE_DEVICES)")
+  tensor, shards = mesh["tensor"], mesh["data"] * mesh["fsdp"]
+  if local is not None and local % tensor:
+    raise ConfigError(f"mesh.tensor={tensor} does not divide the {local} devices of each of the {processes} "
+                      f"processes: a tensor-parallel group would span hosts; use a mesh.tensor that divides {local} "
+                      "and give the other devices to mesh.fsdp or mesh.data (on GPU: one process per host)")
+  if shards % processes:
+    raise ConfigError(f"mesh.data·mesh.fsdp={shards} is not divisible by the {processes} processes: each host must "
+                      "hold whole batch shards; raise mesh.data or mesh.fsdp and lower mesh.tensor")
+
+
+def _validate_optim(o, train_steps: int) -> None:
+  """What the optimizer cannot run with (one line each); names and choices are checked in `validate`."""
+  steps, name = o.schedule_steps or train_steps, ("optim.schedule_steps" if o.schedule_steps else "train.steps")
+  if o.schedule_steps:  # a schedule length set on purpose must hold its warmup and decay
+    if o.warmup_steps > steps:
+      raise ConfigError(f"optim.warmup_steps={o.warmup_steps} exceeds {name}={steps}")
+    if o.schedule == "wsd" and o.warmup_steps + round(o.decay_fraction * steps) > steps:
+      raise ConfigError(f"optim.schedule=wsd: warmup_steps={o.warmup_steps} plus the decay "
+                        f"(decay_fraction·steps={round(o.decay_fraction * steps)}) exceed {name}={steps}")
+  for message in schedule_caveats(o, train_steps):
+    log.warning(message)
+  if o.name == "lion" and o.eps is not None:
+    raise ConfigError(f"optim.eps={o.eps}: Lion has no ε (its update is a sign); leave optim.eps unset for lion")
+  if o.weight_decay_mode == "independent" and not o.weight_decay < 1:
+    raise ConfigError(f"optim.weight_decay={o.weight_decay} with weight_decay_mode=independent multiplies weights by "
+                      "1 - λ each step: λ must be < 1 (coupled λ = 0.1 at η = 1e-3 is 1e-4 here)")
+
+
+def schedule_caveats(o, train_steps: int) -> list[str]:
+  """Warnings (not errors) for a run shorter than its own warmup or WSD decay, as a quick smoke test is.
+
+  The schedule (optim.schedule) is laid over train.steps as usual and simply cut off:
+  the messages give the learning rate of the last step, that of `optim.schedule(o, steps)(steps - 1)`.
+  """
+  steps, warm, out = train_steps, o.warmup_steps, []
+  if o.schedule_steps:
+    return out
+  if warm > steps:
+    out.append(f"optim.warmup_steps={warm} exceeds train.steps={steps}: running anyway, inside the warmup: the "
+               f"learning rate rises as for {warm} steps and ends at {o.lr * (steps - 1) / warm:.3g} "
+               f"({steps - 1}/{warm} of optim.lr={o.lr:g}), never decaying; lower optim.warmup_steps for the full "
+               "curve")
+  decay = round(o.decay_fraction * steps)
+  if o.schedule == "wsd" and warm <= steps and warm + decay > steps:
+    last = steps - 1  # the last update's step: in the warmup when warm == steps, else in the decay
+    end = o.lr * last / warm if last < warm else o.lr + (o.lr * o.min_lr_ratio - o.lr) * (last - warm) / decay
+    out.append(f"optim.schedule=wsd: warmup_steps={warm} plus the decay (decay_fraction·steps={decay}) exceed "
+               f"train.steps={steps}: running anyway; the decay starts right after warmup and is cut off, ending at "
+               f"{end:.3g} rather than min_lr_ratio·lr={o.lr * o.min_lr_ratio:.3g}")
+  return out
+
+
+# The static gradient scale's init estimate (μS, spec §1.7): S·g has RMS up to ~2·S/(tokens·width); 64× for tails.
+E5M2_MAX, GRAD_RMS_PER_UNIT_SCALE, GRAD_TAIL = 57344.0, 2.0, 64.0
+
+
+def _validate_mus_fp8(m, micro_tokens: int, platform) -> None:
+  """μnit Scaling and FP8: what the parametrization and the casts cannot run with (one line each)."""
+  if m.parametrization == "mus" and m.norm.placement != "res_post":
+    raise ConfigError(f"model.parametrization=mus needs model.norm.placement=res_post, not {m.norm.placement!r}")
+  if m.parametrization == "mus" and m.tie_embeddings:
+    raise ConfigError("model.parametrization=mus needs model.tie_embeddings=False (embedding ×1, head ×1/fan_in)")
+  for key in ("d_base", "embed_mult", "head_mult"):
+    if not m.mus[key] > 0:
+      raise ConfigError(f"model.mus.{key}={m.mus[key]} must be positive")
+  if m.fp8 != "none" and platform == "tpu":
+    raise ConfigError(f"model.fp8={m.fp8}: FP8 matmuls run on NVIDIA GPUs (sm_89+) or emulated on CPU; use none on TPU")
+  if not m.fp8_history >= 1:
+    raise ConfigError(f"model.fp8_history={m.fp8_history} must be >= 1")
+  if not m.fp8_grad_scale >= 0:
+    raise ConfigError(f"model.fp8_grad_scale={m.fp8_grad_scale} must be >= 0 (0: auto)")
+  auto = micro_tokens * (m.d_model if m.parametrization == "mus" else 1)
+  peak = m.fp8_grad_scale / auto * GRAD_RMS_PER_UNIT_SCALE * GRAD_TAIL
+  if m.fp8 == "static" and peak > E5M2_MAX:
+    raise ConfigError(f"model.fp8_grad_scale={m.fp8_grad_scale:g} overflows E5M2 at init (gradients ~{peak:.3g} > "
+                      f"{E5M2_MAX:g}); use 0 (auto: {auto:g}) or at most "
+                      f"{auto * E5M2_MAX / GRAD_RMS_PER_UNIT_SCALE / GRAD_TAIL:g}")

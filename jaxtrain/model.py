@@ -11,6 +11,12 @@ are stacked on a leading `layers` axis; the forward pass runs them under
 `lax.scan` (compile time independent of depth) or unrolled, from the same
 parameters, so checkpoints do not depend on the mode.
 
+`model.parametrization` is `sp` (standard) or `mus` (μnit Scaling, jaxtrain/munit.py:
+unit-variance init, static multipliers 1/√fan_in in the hidden linears and 1/fan_in
+in the LM head). `model.fp8` runs every hidden linear (q, k, v, attention out, MLP
+in and out) in FP8 through `matmul` (jaxtrain/fp8.py); the embedding, LM head and
+attention's q·kᵀ and p·v stay in the compute dtype.
+
 Names carry shapes: B batch, T query positions, S key positions, D d_model,
 H query heads, G kv heads, R = H/G heads per kv head, K head_dim, F mlp_dim,
 V vocab, L layers.
@@ -28,13 +34,22 @@ import ml_collections
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import placement
+from jaxtrain import fp8 as fp8_lib
+from jaxtrain import munit, placement
 from jaxtrain.sharding import constrain, is_axes
 
 
-def matmul(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
-  """The one dot product of every linear layer: an einsum in the compute dtype."""
-  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
+def matmul(eq: str, x: jax.Array, w: jax.Array, dtype, *, alpha: float = 1.0, recipe=None, side=None) -> jax.Array:
+  """The one dot product of every linear layer: α·einsum(eq, x, w) in the compute dtype, or in FP8.
+
+  alpha:  a static output multiplier (μS's 1/√fan_in); 1 adds nothing to the program.
+  recipe: an `fp8.Recipe` (static or delayed FP8 casts) or None (the compute dtype).
+  side:   FP8 only: the linear's delayed-scaling state and/or diagnostics probe (see fp8.py).
+  """
+  if recipe is not None:
+    return fp8_lib.einsum(eq, x, w, alpha=alpha, recipe=recipe, out_dtype=dtype, side=side)
+  y = jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
+  return y if alpha == 1.0 else y * alpha
 
 
 class ParamInfo(NamedTuple):
@@ -54,15 +69,21 @@ def fan_in(eq: str, shape) -> int:
 
 
 class Linear(nnx.Module):
-  """A weight of any rank applied by an einsum, e.g. 'btd,dhk->bthk'."""
+  """A weight of any rank applied by an einsum, e.g. 'btd,dhk->bthk'.
+
+  Its init std, output multiplier and (hidden linears only) FP8 recipe follow the parametrization.
+  """
 
   def __init__(self, eq, shape, axes, *, std, m, rngs, role="hidden"):
     self.eq, self.dtype = eq, jnp.dtype(m.compute_dtype)
+    n = fan_in(eq, shape)
+    std, self.alpha = munit.init_std(m, std), munit.multiplier(m, role, n)
+    self.recipe = fp8_lib.recipe(m) if role == "hidden" else None
     w = std * jax.random.normal(rngs.params(), shape, jnp.dtype(m.param_dtype))
-    self.w = nnx.Param(w, axes=axes, info=ParamInfo(role, fan_in(eq, shape)))
+    self.w = nnx.Param(w, axes=axes, info=ParamInfo(role, n))
 
-  def __call__(self, x):
-    return matmul(self.eq, x, self.w[...], self.dtype)
+  def __call__(self, x, side=None):
+    return matmul(self.eq, x, self.w[...], self.dtype, alpha=self.alpha, recipe=self.recipe, side=side)
 
 
 class Norm(nnx.Module):
@@ -115,20 +136,25 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD):
     return self.attend(x_BTD)[0]
 
-  def attend(self, x_BTD):
-    """(output, max |q·k|/√K over causal pairs; NaN where the fused kernel hides the logits)."""
+  def attend(self, x_BTD, side=None):
+    """(output, max |q·k|/√K over causal pairs; NaN where the fused kernel hides the logits).
+
+    `side`: the FP8 linears' side inputs by name (see `fp8_side`), or None.
+    """
     m = self.m
-    q_BTHK = constrain(self.wq(x_BTD), ("batch", None, "heads", None))
-    k_BTGK = constrain(self.wk(x_BTD), ("batch", None, "kv_heads", None))
-    v_BTGK = constrain(self.wv(x_BTD), ("batch", None, "kv_heads", None))
+    q_BTHK = constrain(self.wq(x_BTD, _at(side, "wq")), ("batch", None, "heads", None))
+    k_BTGK = constrain(self.wk(x_BTD, _at(side, "wk")), ("batch", None, "kv_heads", None))
+    v_BTGK = constrain(self.wv(x_BTD, _at(side, "wv")), ("batch", None, "kv_heads", None))
     if m.qk_norm:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
     q_BTHK, k_BTGK = rope(q_BTHK, m.rope_theta), rope(k_BTGK, m.rope_theta)
+    if (qm := munit.query_multiplier(m, q_BTHK.shape[-1])) != 1.0:
+      q_BTHK = q_BTHK * qm
     if m.attention == "cudnn":
       out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True, implementation="cudnn")
-      return self.wo(out_BTHK), jnp.float32(jnp.nan)
+      return self.wo(out_BTHK, _at(side, "wo")), jnp.float32(jnp.nan)
     out_BTHK, max_logit = causal_attention(q_BTHK, k_BTGK, v_BTGK)
-    return self.wo(out_BTHK), max_logit
+    return self.wo(out_BTHK, _at(side, "wo")), max_logit
 
 
 def query_blocks(T: int) -> list[tuple[int, int]]:
@@ -230,13 +256,13 @@ class Mlp(nnx.Module):
     self.wi = Linear("btd,dcf->btcf", (D, C, F), ("embed", None, "mlp"), std=m.init_std, m=m, rngs=rngs)
     self.down = Linear("btf,fd->btd", (F, D), ("mlp", "embed"), std=out_std, m=m, rngs=rngs)
 
-  def __call__(self, x_BTD):
-    h_BTCF = self.wi(x_BTD)
+  def __call__(self, x_BTD, side=None):
+    h_BTCF = self.wi(x_BTD, _at(side, "wi"))
     if self.kind == "swiglu":
       h_BTF = jax.nn.silu(h_BTCF[:, :, 0]) * h_BTCF[:, :, 1]
     else:
       h_BTF = jax.nn.gelu(h_BTCF[:, :, 0])
-    return self.down(constrain(h_BTF, ("batch", None, "mlp")))
+    return self.down(constrain(h_BTF, ("batch", None, "mlp")), _at(side, "down"))
 
 
 class Block(nnx.Module):
@@ -254,20 +280,20 @@ class Block(nnx.Module):
     self.attn_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
     self.mlp_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
 
-  def __call__(self, x_BTD, layer, kind: str, collect: bool = False):
+  def __call__(self, x_BTD, layer, kind: str, collect: bool = False, side=None):
     """`layer` is 0-based (traced under scan); `kind` is this layer's wiring (see placement.py).
 
-    With `collect`, returns (output, {"attn_max_logit": ...}).
+    With `collect`, returns (output, {"attn_max_logit": ...}). `side`: this layer's FP8 side inputs or None.
     """
     stats = {}
 
     def attn(h_BTD):
-      out_BTD, stats["attn_max_logit"] = self.attn.attend(h_BTD)
+      out_BTD, stats["attn_max_logit"] = self.attn.attend(h_BTD, _at(side, "attn"))
       return out_BTD
 
     wire = functools.partial(placement.residual, kind, layer=layer, tau=self.tau)
     x_BTD = wire(x_BTD, attn, self.attn_norm, self.attn_out_norm)
-    x_BTD = wire(x_BTD, self.mlp, self.mlp_norm, self.mlp_out_norm)
+    x_BTD = wire(x_BTD, functools.partial(self.mlp, side=_at(side, "mlp")), self.mlp_norm, self.mlp_out_norm)
     x_BTD = constrain(x_BTD, ("batch", None, None))
     return (x_BTD, stats) if collect else x_BTD
 
@@ -286,8 +312,8 @@ class Transformer(nnx.Module):
     self.m = m
     V, D = m.vocab_size, m.d_model
     self.embed = nnx.Param(
-        m.init_std * jax.random.normal(rngs.params(), (V, D), jnp.dtype(m.param_dtype)), axes=("vocab", "embed"),
-        info=ParamInfo("embedding", 1))
+        munit.init_std(m, m.init_std) * jax.random.normal(rngs.params(), (V, D), jnp.dtype(m.param_dtype)),
+        axes=("vocab", "embed"), info=ParamInfo("embedding", 1))
 
     @nnx.split_rngs(splits=m.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -300,10 +326,10 @@ class Transformer(nnx.Module):
     if not m.tie_embeddings:
       self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs, role="head")
 
-  def __call__(self, tokens_BT):
-    return self.logits(self.hidden(tokens_BT))
+  def __call__(self, tokens_BT, side=None):
+    return self.logits(self.hidden(tokens_BT, side=side))
 
-  def hidden(self, tokens_BT, *, skip=None, collect=False, keep_states=False):
+  def hidden(self, tokens_BT, *, skip=None, collect=False, keep_states=False, side=None):
     """The residual stream after the last block (the final norm's input).
 
     skip:    optional bool[L]: layer ℓ is replaced by the identity where skip[ℓ].
@@ -312,22 +338,27 @@ class Transformer(nnx.Module):
              `resid_max_abs` and `attn_max_logit` (max |q·k|/√K over causal pairs).
     keep_states: with collect, add `states`: the residual stream entering each
              layer and after the last, [L+1, B, T, D].
+    side:    the FP8 linears' side inputs, `fp8_side(...)` (delayed scaling's state,
+             diagnostics probes), or None.
     """
     m = self.m
     x_BTD = self.embed[...][tokens_BT].astype(m.compute_dtype)
+    if (em := munit.embed_multiplier(m)) != 1.0:
+      x_BTD = x_BTD * em
     if self.embed_norm is not None:
       x_BTD = self.embed_norm(x_BTD)
     x_BTD = constrain(x_BTD, ("batch", None, None))
     block_def, block_params = nnx.split(self.blocks)
     skip_L = jnp.zeros((m.num_layers,), bool) if skip is None else jnp.asarray(skip, bool)
     skip_given = skip is not None
-    kinds = placement.layer_kinds(m.norm.placement, m.num_layers, m.norm.mix_post_fraction)
+    kinds = placement.layer_kinds(m.norm.placement, m.num_layers, m.norm.mix_post_fraction,
+                                   m.norm.mix_post_layers)
     per_layer = []
     for kind, first, end in placement.segments(kinds):  # Mix-LN: one scan per run of equal wiring
 
       def apply_block(x_BTD, xs, kind=kind):
-        params, layer, skip = xs
-        y_BTD, stats = nnx.merge(block_def, params)(x_BTD, layer, kind, collect=True)
+        params, layer, skip, side_l = xs
+        y_BTD, stats = nnx.merge(block_def, params)(x_BTD, layer, kind, collect=True, side=side_l)
         if skip_given:  # the identity in place of skipped layers
           y_BTD = jnp.where(skip, x_BTD, y_BTD)
         if not collect:
@@ -340,7 +371,8 @@ class Transformer(nnx.Module):
 
       if m.remat != "none":
         apply_block = jax.checkpoint(apply_block, policy=_REMAT[m.remat], prevent_cse=not m.scan_layers)
-      xs = (jax.tree.map(lambda a: a[first:end], block_params), jnp.arange(first, end), skip_L[first:end])
+      xs = (jax.tree.map(lambda a: a[first:end], block_params), jnp.arange(first, end), skip_L[first:end],
+            jax.tree.map(lambda a: a[first:end], _at(side, "blocks")))
       if m.scan_layers:
         x_BTD, stats = jax.lax.scan(apply_block, x_BTD, xs)
         per_layer.append(stats)
@@ -359,11 +391,72 @@ class Transformer(nnx.Module):
     """The output head: final norm, then the (tied or untied) unembedding."""
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
-    if self.m.tie_embeddings:
+    if self.m.tie_embeddings:  # refused under μS (config.validate): no multiplier here
       logits_BTV = matmul("btd,vd->btv", x_BTD, self.embed[...], jnp.dtype(self.m.compute_dtype))
     else:
       logits_BTV = self.head(x_BTD)
     return constrain(logits_BTV, ("batch", None, "vocab"))
+
+
+def _at(side, key):
+  """side[key], or None where there are no side inputs."""
+  return None if side is None else side.get(key)
+
+
+# ---------------------------------------------------------------- FP8 state and side inputs
+
+
+def fp8_linears(m) -> list[tuple[str, ...]]:
+  """The paths of the FP8 linears (every hidden linear when model.fp8 != none), e.g. ('blocks', 'attn', 'wq')."""
+  if m.fp8 == "none":
+    return []
+  paths = jax.tree_util.tree_flatten_with_path(param_info(m), is_leaf=is_info)[0]
+  return [tuple(k.key for k in path[:-1]) for path, info in paths if info.role == "hidden"]
+
+
+def _nest(items) -> dict:
+  tree = {}
+  for path, value in items:
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = value
+  return tree
+
+
+def fp8_state(m) -> dict:
+  """Delayed scaling's initial state, per FP8 linear and layer (`fp8.init_meta`, stacked [L, ...]); {} otherwise.
+
+  Kept in the train state as `state["fp8"]`, beside (not in) the parameters.
+  """
+  if m.fp8 != "delayed":
+    return {}
+  meta = jax.tree.map(lambda a: jnp.broadcast_to(a, (m.num_layers, *a.shape)), fp8_lib.init_meta(m.fp8_history))
+  return _nest((path, meta) for path in fp8_linears(m))
+
+
+def fp8_side(m, state: dict | None, probes: bool):
+  """The side inputs of every FP8 linear for one forward pass: {'meta': its state, 'probe': zeros [L, 3, 3]}.
+
+  Differentiate the loss with respect to them: the cotangents are the new delayed-scaling state ('meta') and
+  the cast statistics ('probe'). None when there is nothing to pass (model.fp8=none, or static without probes).
+  """
+  paths = fp8_linears(m)
+  if not paths or (m.fp8 == "static" and not probes):
+    return None
+
+  def one(path):
+    side = {}
+    if state:
+      node = state
+      for k in path:
+        node = node[k]
+      side["meta"] = node
+    if probes:
+      side["probe"] = jnp.zeros((m.num_layers, len(fp8_lib.TENSORS), len(fp8_lib.STATS)), jnp.float32)
+    return side
+
+  return _nest((path, one(path)) for path in paths)
 
 
 # ---------------------------------------------------------------- functional use

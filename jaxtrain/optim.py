@@ -1,20 +1,66 @@
-"""The optimizer: AdamW with decoupled weight decay, global-norm clipping and a schedule.
+"""The optimizer: AdamW or Lion, per-parameter-group learning rates, weight decay, clipping and a schedule.
 
-Every optimizer the trainer uses is built here, so per-parameter-group rules
-(learning rates, decay masks) have one home.
+Every optimizer the trainer uses is built here, so the per-parameter-group rules
+(learning rates, decay masks, ⊥Grad's projection units) have one home. The
+groups come from what the model declares for each parameter (`model.ParamInfo`:
+role and fan-in), never from names or shapes, so they hold at any width and on
+any mesh. For parameter p with role r and fan-in n, peak learning rate η, the
+rate at step t is η·s(t)·c(p) with s the schedule's shape (warmup, then cosine,
+WSD or constant; s ≤ 1) and c the rule's multiplier (`optim.lr_rule`):
+
+    none   c = 1                                   one η for everything
+    mus    c = √(n_base/n) for hidden matrices,    μnit Scaling (Narayan et al. 2025, arXiv 2502.05967,
+           1 for embedding, head and norms           Table 2: hidden-layer LR ∝ 1/√fan_in); n_base is the same
+                                                     matrix's fan-in in the model at width d_base (`base_model`)
+    sp     c = d_base/d_model for all              the standard-parametrization baseline the paper transfers with
+
+Weight decay (`optim.weight_decay` λ; embedding, hidden and head matrices, never
+norm gains or biases; `optim.weight_decay_mode`):
+
+    coupled      p ← p − η·s(t)·c(p)·λ·p      optax/PyTorch AdamW, Lion's paper: decay scales with the learning rate
+    independent  p ← p·(1 − λ·s(t))           "fully decoupled" (Wortsman et al. 2024, arXiv 2309.14322; μS A.1.2):
+                                              the same λ means the same thing at every width and learning rate
+
+The update (`optim.name`): AdamW's m̂/(√v̂ + ε) or Lion's sign((1−β1)·g + β1·m),
+m ← β2·m + (1−β2)·g (Chen et al. 2023, arXiv 2302.06675).
+
+The learning rate is a function of the train step, passed to each update
+(`tx.update(grads, opt_state, params, step=state["step"])`), not of a count kept
+in the optimizer state: a skipped update (`train.on_nonfinite=skip`) keeps the
+optimizer state, yet the applied learning rate stays the one logged for the step.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
+import ml_collections
 import optax
 
 from jaxtrain import model, sharding
 from jaxtrain.orthograd import orthograd
 
+NAMES = ("adamw", "lion")
+LR_RULES = ("none", "mus", "sp")
+DECAY_MODES = ("coupled", "independent")
+DECAYED_ROLES = ("embedding", "hidden", "head")  # norm gains and biases are never decayed
+ROLES = DECAYED_ROLES + ("norm",)
+# Defaults where optim.b1, b2, eps are None: the optimizers' own (AdamW as jaxtrain always had; Lion's paper).
+DEFAULTS = {"adamw": dict(b1=0.9, b2=0.95, eps=1e-8), "lion": dict(b1=0.9, b2=0.99)}
+# Tensors that hold several parameters: params path -> the axis (of the per-layer shape) that indexes them.
+# SwiGLU's wi is [gate, up] (model.Mlp); ⊥Grad projects each on its own (jaxtrain/orthograd.py).
+FUSED = {("blocks", "mlp", "wi", "w"): 1}
+
+
+def schedule_length(config) -> int:
+  """The number of steps the schedule is laid over: optim.schedule_steps, or train.steps if 0."""
+  return config.optim.schedule_steps or config.train.steps
+
 
 def schedule(o, steps: int) -> optax.Schedule:
-  """Linear warmup from 0, then cosine decay, WSD (stable then linear decay), or constant."""
+  """Linear warmup from 0, then cosine, WSD (stable then linear decay) or constant; past `steps`, the end value."""
   peak, floor, warm = o.lr, o.lr * o.min_lr_ratio, o.warmup_steps
   warmup = optax.linear_schedule(0.0, peak, max(warm, 1))
   if o.schedule == "cosine":
@@ -31,22 +77,133 @@ def schedule(o, steps: int) -> optax.Schedule:
   return optax.join_schedules([warmup, rest], [warm])
 
 
-def decay_mask(axes_tree):
-  """Weight decay on matrices only: parameters with two or more non-`layers` axes."""
-  return jax.tree.map(lambda a: sum(n != "layers" for n in a) >= 2, axes_tree, is_leaf=sharding.is_axes)
+def hyper(o) -> dict:
+  """b1, b2 and (AdamW) eps of `o`, with the optimizer's defaults where they are None."""
+  return {k: (o[k] if o[k] is not None else v) for k, v in DEFAULTS[o.name].items()}
 
 
-def make(o, steps: int, axes_tree) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(AdamW chain, its learning-rate schedule) for the optimizer config `o`.
+def _check_roles(info_tree):
+  for i in jax.tree.leaves(info_tree, is_leaf=model.is_info):
+    if i.role not in ROLES:
+      raise ValueError(f"parameter role {i.role!r} has no optimizer rule; add it to jaxtrain/optim.py ({ROLES})")
 
-  The chain: global-norm clipping, ⊥Grad if `o.orthograd` (each layer's slice of
-  a stacked tensor projected on its own, as the official code projects each
-  layer's weight), then AdamW.
+
+def base_model(m, d_base: int):
+  """The model config `m` at width d_base: d_model, and head_dim and mlp_dim where set, scaled by d_base/d_model.
+
+  μS transfers a learning rate tuned at d_base; each hidden matrix's rate is scaled by √(its fan-in there / its
+  fan-in here), so at d_base every multiplier is 1 and, when all widths grow together, it is √(d_base/d_model).
   """
-  lr = schedule(o, steps)
+  b = ml_collections.ConfigDict(m.to_dict())
+  r = d_base / m.d_model
+  b.d_model = d_base
+  for k in ("head_dim", "mlp_dim"):
+    if m[k] is not None:
+      b[k] = max(1, round(m[k] * r))
+  return b
+
+
+def lr_multipliers(rule: str, info_tree, d_model: int, d_base: int, base_info_tree=None):
+  """c(p) of each parameter (Python floats, a tree like the params) under learning-rate rule `rule`.
+
+  `base_info_tree` (rule `mus`): the ParamInfo of the same model at width d_base (`base_model`).
+  """
+  _check_roles(info_tree)
+
+  def one(i, b):
+    if rule == "none":
+      return 1.0
+    if rule == "sp":
+      return d_base / d_model
+    if rule == "mus":
+      return math.sqrt(b.fan_in / i.fan_in) if i.role == "hidden" else 1.0
+    raise ValueError(f"unknown optim.lr_rule {rule!r}; choose one of {LR_RULES}")
+
+  base = base_info_tree if base_info_tree is not None else info_tree
+  return jax.tree.map(one, info_tree, base, is_leaf=model.is_info)
+
+
+def decay_mask(info_tree):
+  """True for the parameters weight decay applies to: embedding, hidden and head matrices, not norms."""
+  _check_roles(info_tree)
+  return jax.tree.map(lambda i: i.role in DECAYED_ROLES, info_tree, is_leaf=model.is_info)
+
+
+def projection_units(axes_tree):
+  """⊥Grad's units per tensor (orthograd.project): the `layers` axis of stacked blocks and FUSED tensors' axes."""
+  units = jax.tree.map(lambda a: tuple(i for i, n in enumerate(a) if n == "layers"), axes_tree,
+                       is_leaf=sharding.is_axes)
+  for path, axis in FUSED.items():
+    node = units
+    try:
+      for k in path[:-1]:
+        node = node[k]
+      layer_axes = node[path[-1]]
+    except (KeyError, TypeError):
+      raise ValueError(f"optim.FUSED names {'/'.join(path)}, which the model no longer has: update it") from None
+    node[path[-1]] = tuple(sorted({*layer_axes, axis + len(layer_axes)}))
+  return units
+
+
+def scale_by_schedule_at_step(lr: optax.Schedule, peak: float, lr_mult, mask, weight_decay: float,
+                              mode: str) -> optax.GradientTransformationExtraArgs:
+  """The last link: u ← −η_t·c·u and the weight decay of `mode`, with η_t = lr(step) for `update(..., step=)`.
+
+  Stateless: the step comes from the caller (the train state), so an update
+  that is skipped cannot make the schedule lag.
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, step=None, **extra_args):
+    del extra_args
+    if step is None:
+      raise ValueError("the optimizer needs the train step: tx.update(grads, opt_state, params, step=state['step'])")
+    if weight_decay and params is None:
+      raise ValueError("weight decay needs the parameters: tx.update(grads, opt_state, params, step=...)")
+    eta = lr(step)
+
+    def one(u, p, c, decayed):
+      neg_lr = jnp.asarray(-eta * c if c != 1.0 else -eta, u.dtype)
+      if not (weight_decay and decayed):
+        return neg_lr * u
+      if mode == "coupled":  # as optax.adamw: −η_t·(u + λ·p)
+        return neg_lr * (u + weight_decay * p)
+      return neg_lr * u - jnp.asarray(weight_decay * eta / peak, u.dtype) * p  # λ·s(t)·p
+
+    params_ = params if params is not None else updates
+    return jax.tree.map(one, updates, params_, lr_mult, mask), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def make(config, axes_tree) -> tuple[optax.GradientTransformationExtraArgs, optax.Schedule]:
+  """(the optimizer, its peak-η schedule) for `config`; update it with `tx.update(g, s, params, step=step)`.
+
+  The chain: global-norm clipping, ⊥Grad if `optim.orthograd` (per parameter:
+  each layer's slice of a stacked tensor and each of SwiGLU's gate and up on its
+  own), AdamW's or Lion's scaling, then the learning rate of each group and the
+  weight decay. The schedule is what the logs report; a group's rate is it times
+  its multiplier (`lr_multipliers`).
+  """
+  o, m = config.optim, config.model
+  lr = schedule(o, schedule_length(config))
+  info = model.param_info(m)
   parts = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
   if o.orthograd:
-    parts.append(orthograd(stacked=model.stacked(axes_tree)))
-  parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=decay_mask(axes_tree)))
+    parts.append(orthograd(units=projection_units(axes_tree)))
+  h = hyper(o)
+  if o.name == "adamw":
+    parts.append(optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]))
+  elif o.name == "lion":
+    parts.append(optax.scale_by_lion(b1=h["b1"], b2=h["b2"]))
+  else:
+    raise ValueError(f"unknown optim.name {o.name!r}; choose one of {NAMES}")
+  if o.weight_decay_mode not in DECAY_MODES:
+    raise ValueError(f"unknown optim.weight_decay_mode {o.weight_decay_mode!r}; choose one of {DECAY_MODES}")
+  base_info = model.param_info(base_model(m, m.mus.d_base)) if o.lr_rule == "mus" else None
+  mult = lr_multipliers(o.lr_rule, info, m.d_model, m.mus.d_base, base_info)
+  parts.append(scale_by_schedule_at_step(lr, o.lr, mult, decay_mask(info), o.weight_decay, o.weight_decay_mode))
   return optax.chain(*parts), lr

@@ -5,13 +5,16 @@ L layers) wires each as one of:
 
     pre       x + f(N(x))                        Pre-LN (Xiong et al. 2020, arXiv 2002.04745)
     post      N(x + f(x))                        Post-LN (Vaswani et al. 2017)
-    mix       post if ℓ < ⌊α·L⌋, else pre        Mix-LN (Li, Yin, Liu; ICLR 2025, arXiv 2412.13795)
+    mix       post if ℓ < k, else pre            Mix-LN (Li, Yin, Liu; ICLR 2025, arXiv 2412.13795)
     peri      x + N_out(f(N_in(x)))              Peri-LN (Kim et al.; ICML 2025, arXiv 2502.02732)
     lns       x + f(N(x) / √(ℓ+1))               LayerNorm Scaling, "The Curse of Depth"
                                                  (Sun et al.; NeurIPS 2025, arXiv 2502.05795)
     res_post  √(1-τ)·x + √τ·N(f(x))              Res-Post-LN with a fixed τ (μnit Scaling)
 
-As in the papers' code: Mix-LN's α defaults to 0.25; LNS scales both pre-norm
+As in the papers' code: Mix-LN's k, the number of Post-LN layers, is the
+official POST_NUM (`mix_post_layers`) or, when that is not given, ⌊α·L⌋ with
+α = 0.25 by default (the paper's ratio; α = 0.33 on 24 layers floors to 7, where
+the paper's "33%" means 8: give counts as counts); LNS scales both pre-norm
 outputs of a block by the same constant 1/√ℓ (ℓ 1-based), never the final norm,
 the embedding or the residual; Peri-LN's output norms have a learnable scale
 initialized to 1 (optionally frozen); every placement keeps the final norm before
@@ -23,16 +26,25 @@ applies; the model runs each run of equal kinds under its own `lax.scan`.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from jaxtrain.config import PLACEMENTS
 
 
-def layer_kinds(placement: str, num_layers: int, mix_post_fraction: float = 0.25) -> list[str]:
-  """The wiring of each layer: Mix-LN's first ⌊αL⌋ layers are `post`, the rest `pre`."""
+def layer_kinds(placement: str, num_layers: int, mix_post_fraction: float = 0.25,
+                mix_post_layers: int | None = None) -> list[str]:
+  """The wiring of each layer: Mix-LN's first k layers are `post`, the rest `pre`.
+
+  k = `mix_post_layers` (the official POST_NUM) if given, else ⌊α·L⌋ with α = `mix_post_fraction`.
+  """
   if placement == "mix":
-    k = int(mix_post_fraction * num_layers)
+    # round first: 0.29·100 is 28.999999999999996 in floating point, and ⌊·⌋ of it must be 29
+    k = mix_post_layers if mix_post_layers is not None else math.floor(round(mix_post_fraction * num_layers, 9))
+    if not 0 <= k <= num_layers:
+      raise ValueError(f"Mix-LN with {k} Post-LN layers out of {num_layers}")
     return ["post"] * k + ["pre"] * (num_layers - k)
   return [placement] * num_layers
 

@@ -68,11 +68,22 @@ def check_divisible(abstract_tree, axes_tree, mesh_shape: dict[str, int]) -> Non
 
 
 def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
-  """Pins an activation's sharding inside jit when a mesh is set (`jax.set_mesh`); a no-op otherwise."""
+  """Pins an activation's sharding inside jit when a mesh is set (`traced_on`, `jax.set_mesh`); a no-op otherwise."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
   return jax.lax.with_sharding_constraint(x, spec(logical))
+
+
+def traced_on(mesh: jax.sharding.Mesh, f):
+  """`f`, tracing with `mesh` as its abstract mesh: jit(traced_on(mesh, f)) keeps every `constrain` wherever it is
+  lowered or called (an ahead-of-time `.lower()` outside `jax.set_mesh` would otherwise drop them all)."""
+
+  def on_mesh(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return f(*args, **kwargs)
+
+  return on_mesh
 
 
 def host_to_global(batch, mesh, logical=("batch", None)):

@@ -5,12 +5,19 @@ mesh, data, model and optimizer, compile the steps, restore or initialize, loop,
 finish. The train step is a pure function `(state, batch) -> (state, metrics)`
 over a plain-dict pytree, jitted once with explicit shardings and donation.
 
-Resume order: 1. the newest readable checkpoint in <workdir>/checkpoints (an
-unreadable one is set aside, the one before is used); 2. a fresh start.
+Resume order: 1. the newest checkpoint in <workdir>/checkpoints that every host
+can read (a damaged one is set aside, the one before is used); 2. a fresh start.
+
+On several hosts every host runs this same loop, and every decision that changes
+which collectives run next (stop, save, which step to restore) is taken from
+values all hosts have exchanged (jaxtrain/hosts.py), never from one host's
+signal or read error alone, so no host waits in a barrier another never reaches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -25,8 +32,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxtrain import checkpoint, collapse, data, flops, losses, model, optim, sharding
+from jaxtrain import checkpoint, collapse, data, flops, hosts, losses, model, optim, sharding
 from jaxtrain import diagnostics as diagnostics_lib
+from jaxtrain import fp8 as fp8_lib
 from jaxtrain import config as cfg_lib
 from jaxtrain.metrics import MetricWriter
 
@@ -50,8 +58,11 @@ def make_state_fn(config, tx):
 
   def init_state(key):
     params = model.init(config.model, key)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+    if config.model.fp8 == "delayed":  # per-tensor scales and amax histories, beside the params (jaxtrain/fp8.py)
+      state["fp8"] = model.fp8_state(config.model)
+    return state
 
   return init_state
 
@@ -70,50 +81,61 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   per-layer arrays under `layers/...` (see jaxtrain/diagnostics.py; over microbatches
   maxima stay maxima, the rest is averaged) and, per parameter tensor (per layer for the stacked blocks),
   `weight_norm/<path>` and `grad_weight_cos/<path>`; `param_axes` marks the stacked ones.
+
+  FP8 (model.fp8): the loss is also differentiated with respect to the FP8 linears' side inputs
+  (`model.fp8_side`): their cotangents are delayed scaling's new state (`state["fp8"]`) and, with
+  `diagnostics`, the casts' statistics `layers/fp8/<linear>/<x|w|g>_<rms|underflow|saturation>`.
   """
   t = config.train
   num_micro = t.microbatches
   stacked = model.stacked(param_axes) if param_axes is not None else None
+  probes = diagnostics and config.model.fp8 != "none"
 
-  def loss_fn(params, batch):
+  def loss_fn(params, side, batch):
     model_ = nnx.merge(graphdef, params)
     if diagnostics:
-      x_BTD, layer_stats = model_.hidden(batch["inputs"], collect=True)
+      x_BTD, layer_stats = model_.hidden(batch["inputs"], collect=True, side=side)
       logits_BTV = model_.logits(x_BTD)
     else:
-      logits_BTV, layer_stats = model_(batch["inputs"]), {}
+      logits_BTV, layer_stats = model_(batch["inputs"], side=side), {}
     loss, aux = _loss(config, logits_BTV, batch["targets"], collapse_stats=True)
     return loss, aux | {f"layers/{k}": v for k, v in layer_stats.items()}
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)  # side: None unless FP8 needs it
 
   def train_step(state, batch):
     params = state["params"]
+    side = model.fp8_side(config.model, state.get("fp8"), probes)
     if num_micro == 1:
-      (loss, aux), grads = grad_fn(params, batch)
+      (loss, aux), (grads, side_ct) = grad_fn(params, side, batch)
     else:
       micro = _microbatches(batch, num_micro)
 
       def accumulate(acc, mb):
-        (loss, aux), grads = grad_fn(params, mb)
-        return jax.tree.map(jnp.add, acc, (loss, grads)), aux
+        (loss, aux), (grads, side_ct) = grad_fn(params, side, mb)
+        return (jax.tree.map(jnp.add, acc[0], (loss, grads)), fp8_lib.combine(acc[1], side_ct)), aux
 
-      (loss_shape, _), grads_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro)))
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), (loss_shape, grads_shape))
-      (loss, grads), aux_M = jax.lax.scan(accumulate, zeros, micro)
+      (loss_shape, _), (grads_shape, side_shape) = jax.eval_shape(
+          lambda: grad_fn(params, side, jax.tree.map(lambda x: x[0], micro)))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), ((loss_shape, grads_shape), side_shape))
+      ((loss, grads), side_ct), aux_M = jax.lax.scan(accumulate, zeros, micro)
       loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
       aux = {k: v.max(0) if k in MAXIMA else v.mean(0) for k, v in aux_M.items()}
 
     grad_norm = optax.tree.norm(grads)
     cos, cos_per = collapse.grad_weight_cosine(grads, params, stacked=stacked)  # of the raw gradient, before ⊥Grad
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    # The learning rate is the schedule at state["step"] (the one logged), skipped updates or not.
+    updates, opt_state = tx.update(grads, state["opt_state"], params, step=state["step"])
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if t.on_nonfinite == "skip":  # keep the old parameters and optimizer state
+    if t.on_nonfinite == "skip":  # keep the old parameters and optimizer state (Adam's count: applied updates)
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
       new_params, opt_state = keep(new_params, params), keep(opt_state, state["opt_state"])
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "rng": state["rng"]}
+    new_meta, probe = fp8_lib.split_side(side_ct)
+    if "fp8" in state:  # delayed scaling: the cotangent of the old state is the new one
+      new_state["fp8"] = keep(new_meta, state["fp8"]) if t.on_nonfinite == "skip" else new_meta
     metrics = {
         "loss": loss, "ce": aux["ce"], "accuracy": aux["accuracy"], "log_z": aux["log_z"],
         "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_params),
@@ -127,6 +149,7 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
       metrics["layers/grad_norm"] = diagnostics_lib.per_layer_norm(grads["blocks"])
       metrics |= collapse.flatten(collapse.weight_norms(new_params, stacked)[1], "weight_norm")
       metrics |= collapse.flatten(cos_per, "grad_weight_cos")
+      metrics |= diagnostics_lib.fp8_health(jax.tree.map(lambda x: x / num_micro, probe))
     return new_state, metrics
 
   return train_step
@@ -173,7 +196,7 @@ def build(config, mesh) -> Program:
   """Builds and jits the model, optimizer and steps of `config` over `mesh` (compiled on first call)."""
   graphdef, abstract_params, param_axes = model.abstract(config.model)
   sharding.check_divisible(abstract_params, param_axes, dict(mesh.shape))
-  tx, lr_schedule = optim.make(config.optim, config.train.steps, param_axes)
+  tx, lr_schedule = optim.make(config, param_axes)
   init_state = make_state_fn(config, tx)
   abstract_state = jax.eval_shape(init_state, jax.random.key(0))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -183,14 +206,16 @@ def build(config, mesh) -> Program:
       "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract_state["opt_state"], param_sh,
                                          transform_non_params=lambda _: replicated),
   }
+  if "fp8" in abstract_state:  # delayed scaling's scales and histories: small, replicated
+    state_sh["fp8"] = jax.tree.map(lambda _: replicated, abstract_state["fp8"])
   batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
-  with jax.set_mesh(mesh):  # the mesh is in context while tracing, for the activations' constraints
-    train_step, diagnostics_step = (
-        jax.jit(make_train_step(config, graphdef, tx, lr_schedule, diagnostics=d, param_axes=param_axes),
-                in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
-        for d in (False, True))
-    eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(param_sh, batch_sh))
-    init = jax.jit(init_state, out_shardings=state_sh)
+  on_mesh = functools.partial(sharding.traced_on, mesh)  # each step carries its mesh, for the activations' constraints
+  train_step, diagnostics_step = (
+      jax.jit(on_mesh(make_train_step(config, graphdef, tx, lr_schedule, diagnostics=d, param_axes=param_axes)),
+              in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+      for d in (False, True))
+  eval_step = jax.jit(on_mesh(make_eval_step(config, graphdef)), in_shardings=(param_sh, batch_sh))
+  init = jax.jit(on_mesh(init_state), out_shardings=state_sh)
 
   def in_mesh(f):
     def run(*args):
@@ -208,10 +233,27 @@ def build(config, mesh) -> Program:
 # ---------------------------------------------------------------- the loop
 
 
+EVAL_IN_FLIGHT = 8  # eval steps queued before waiting: ~50 unwaited collective programs crash or hang XLA's CPU
+                    # collectives (jax-ml/jax#25861, openxla/xla#32115)
+
+
+def evaluate_batches(eval_step, params, batches) -> dict:
+  """Mean token loss and perplexity over `batches`, with at most EVAL_IN_FLIGHT eval steps queued at a time."""
+  sums = []
+  for i, b in enumerate(batches):
+    sums.append(eval_step(params, b))
+    if (i + 1) % EVAL_IN_FLIGHT == 0:
+      jax.block_until_ready(sums[-1])  # steps run in order: the last done means all done
+  ce_sum, tokens = np.sum(jax.device_get(sums), axis=0)
+  loss = float(ce_sum / tokens)
+  return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
 def train(config, workdir: str, devices=None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a summary dict.
 
-  `devices` (default: all) lets a notebook or test run on a subset of the devices.
+  `devices` (default: all) lets a notebook or test run on a subset of the devices. On a multi-host
+  run every host calls it (after `jax.distributed.initialize`); all hosts take the same decisions.
   """
   t, m = config.train, config.model
 
@@ -222,11 +264,14 @@ def train(config, workdir: str, devices=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
   tokenizer = data.make_tokenizer(config.data)
   devices = list(devices or jax.devices())
-  mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size, devices[0].platform)
+  mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size, devices[0].platform,
+                                process_count=len({d.process_index for d in devices}),
+                                local_devices=sum(d.process_index == jax.process_index() for d in devices))
 
   ##################################################################### Mesh
   mesh = sharding.make_mesh(mesh_shape, devices)
-  log.info("devices: %d x %s, mesh %s", len(devices), devices[0].device_kind, mesh_shape)
+  log.info("devices: %d x %s in %d process(es), mesh %s", len(devices), devices[0].device_kind,
+           jax.process_count(), mesh_shape)
 
   ##################################################################### Model, optimizer, steps
   prog = build(config, mesh)
@@ -234,32 +279,27 @@ def train(config, workdir: str, devices=None) -> dict:
   log.info("model: %.2fM parameters", n_params / 1e6)
 
   ##################################################################### Data
-  data_kw = dict(seq_len=config.data.seq_len, global_batch=t.global_batch,
-                 process_index=jax.process_index(), process_count=jax.process_count())
-  train_iter = data.make_train_iterator(config.data, seed=config.seed, **data_kw)
-  eval_batches = [sharding.host_to_global(b, mesh) for b in
-                  data.make_eval_batches(config.data, num_batches=t.eval_batches, **data_kw)]
+  batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
+  loader = data.TrainData(config.data, seq_len=config.data.seq_len, global_batch=t.global_batch, seed=config.seed)
+  eval_batches = data.eval_batches(config.data, seq_len=config.data.seq_len, global_batch=t.global_batch,
+                                   num_batches=t.eval_batches, sharding=batch_sh)
 
-  def evaluate(params):
-    sums = [prog.eval_step(params, b) for b in eval_batches]
-    ce_sum, tokens = np.sum(jax.device_get(sums), axis=0)
-    loss = float(ce_sum / tokens)
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+  evaluate = functools.partial(evaluate_batches, prog.eval_step, batches=eval_batches)
 
   ##################################################################### Restore or initialize
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
   try:
-    restored = ckpt.restore_latest(prog.abstract_state, m.to_dict())
-    if restored is not None and restored[2] > t.steps:
-      raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {restored[2]}, past "
+    restored = ckpt.restore_latest(prog.abstract_state, m.to_dict(), loader.fingerprint())
+    if restored is not None and restored.step > t.steps:
+      raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {restored.step}, past "
                                 f"train.steps={t.steps}: raise train.steps to continue it, or use a new --workdir")
   except Exception:
     ckpt.close()
     raise
   if restored is not None:
-    state, data_state, start = restored
-    train_iter.set_state(data_state)
+    state, start = restored.state, restored.step
     log.info("resumed from step %d in %s", start, ckpt.directory)
+    _warn_if_schedule_reshapes(config, restored.config)
   else:
     state, start = prog.init(jax.random.key(config.seed)), 0
     log.info("initialized from seed %d", config.seed)
@@ -273,16 +313,9 @@ def train(config, workdir: str, devices=None) -> dict:
   peak, peak_source = flops.peak_flops(m.compute_dtype, t.peak_flops, devices)
   step_flops = flops.train_flops_per_step(m, config.data.seq_len, t.global_batch)
   log.info("MFU against %.3g FLOP/s (%s); %.3g model FLOPs per step", peak, peak_source, step_flops)
-  stop_signal = []
-  def on_signal(signum, _):
-    if stop_signal and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C: stop now, keep what is saved
-    stop_signal.append(signal.Signals(signum).name)
-  old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  history, pending, skipped, last_eval = [], None, 0, {}
-  last_saved = start
-  t_mark, steps_since_mark = time.perf_counter(), 0
+  signals = _Signals()  # a signal only sets a flag here; the hosts agree on stopping below, every step
+  history, pending, skipped, last_eval, last_saved = [], None, 0, {}, start
+  clock = _Clock()
 
   def record(step, metrics):
     """Fetches one step's metrics and stops (or counts a skip) if they are not finite."""
@@ -303,62 +336,129 @@ def train(config, workdir: str, devices=None) -> dict:
       writer.write(step, layer_rows)
     history.append({k: v for k, v in metrics.items() if k not in layer_rows})
 
+  step, stopped_by = start, None
+  batches = loader.iterate(start, batch_sh)
   try:
-    step = start
-    while step < t.steps:
-      batch = sharding.host_to_global(next(train_iter), mesh)
-      diagnose = t.diagnostics_every and (step + 1) % t.diagnostics_every == 0
-      state, metrics = (prog.diagnostics_step if diagnose else prog.train_step)(state, batch)
-      step += 1
-      writer.advance()
-      steps_since_mark += 1
-      # Fetch the previous step's metrics: this step is already queued behind it, so the device never idles.
-      if pending is not None:
-        record(*pending)
-      pending = (step, metrics)
-      if step == start + 1:  # the first step compiles: keep it out of the throughput figures
-        record(*pending)
-        pending = None
-        log.info("first step (compile and run) took %.1f s", time.perf_counter() - t_mark)
-        t_mark, steps_since_mark = time.perf_counter(), 0
+    with signals:
+      while step < t.steps:
+        ################################################################# One step
+        diagnose = t.diagnostics_every and (step + 1) % t.diagnostics_every == 0
+        state, metrics = (prog.diagnostics_step if diagnose else prog.train_step)(state, next(batches))
+        step += 1
+        writer.advance()
+        clock.count()
+        if pending is not None:  # the previous step's metrics: this step is already queued behind them
+          record(*pending)
+        pending = (step, metrics)
+        if step == start + 1:  # the first step compiles: keep it out of the throughput figures
+          record(*pending)
+          pending = None
+          log.info("first step (compile and run) took %.1f s", clock.elapsed())
+          clock.restart()
 
-      is_last = step == t.steps
-      save_now = (step % t.checkpoint_every == 0 or is_last or bool(stop_signal)
-                  or ckpt.manager.reached_preemption(step))
-      if (step % t.log_every == 0 or step % t.eval_every == 0 or save_now) and pending is not None:
-        record(*pending)  # before anything is logged or saved, this step must be known good
-        pending = None
-      if step % t.log_every == 0 or is_last:
-        elapsed = time.perf_counter() - t_mark
-        row = {k: float(np.mean([h[k] for h in history])) for k in history[-1]}
-        row["step_time"] = elapsed / max(steps_since_mark, 1)
-        row["tokens_per_second"] = t.global_batch * config.data.seq_len / row["step_time"]
-        row["mfu"] = step_flops / row["step_time"] / peak
-        writer.write(step, row)
-        history = []
-        t_mark, steps_since_mark = time.perf_counter(), 0
-      t_pause = time.perf_counter()  # evaluation and saving are kept out of the throughput figures
-      if step % t.eval_every == 0 or is_last:
-        last_eval = evaluate(state["params"])
-        writer.write(step, last_eval)
-      if save_now:
-        ckpt.save(step, state, train_iter.get_state(), config_json)
-        last_saved = step
-      t_mark += time.perf_counter() - t_pause
-      if stop_signal:
-        log.warning("received %s: saved step %d, exiting; run the same command to resume", stop_signal[0], step)
-        break
+        ################################################################# Decide, once, on every host alike
+        stop = hosts.any_host(bool(signals.received))  # a signal on any host, seen by all at this same step
+        actions = {name for name, due in (
+            ("log", step % t.log_every == 0 or step == t.steps),
+            ("save", step % t.checkpoint_every == 0 or step == t.steps or stop),
+            ("eval", step % t.eval_every == 0 or step == t.steps),
+            ("stop", stop)) if due}
+        if not actions:
+          continue
+
+        ################################################################# Act: log, save, eval, stop
+        if pending is not None:
+          record(*pending)  # before anything is logged or saved, this step must be known good
+          pending = None
+        if "log" in actions:
+          row = {k: float(np.mean([h[k] for h in history])) for k in history[-1]}
+          if clock.steps:  # a window of only the compiling first step has no throughput to report
+            row["step_time"] = clock.elapsed() / clock.steps
+            row["tokens_per_second"] = t.global_batch * config.data.seq_len / row["step_time"]
+            row["mfu"] = step_flops / row["step_time"] / peak
+          writer.write(step, row)
+          history = []
+          clock.restart()
+        with clock.paused():  # saving and evaluation are kept out of the throughput figures
+          if "save" in actions:  # before evaluation: a signal or crash during evaluation cannot cost the step
+            ckpt.save(step, state, loader.fingerprint(), config_json)
+            last_saved = step
+          if "eval" in actions:
+            last_eval = evaluate(state["params"])
+            writer.write(step, last_eval)
+        if "stop" in actions:
+          ckpt.wait()  # the step is on disk before the log says so
+          stopped_by = signals.received or "a signal to another host"
+          log.warning("received %s: saved step %d, exiting; run the same command to resume", stopped_by, step)
+          break
   finally:
+    batches.close()
     ckpt.wait()
     ckpt.close()
     writer.close()
-    for s, h in old_handlers.items():
-      signal.signal(s, h)
 
   ##################################################################### Finish
-  summary = {"workdir": workdir, "step": int(step), "stopped_by": stop_signal[0] if stop_signal else None,
+  summary = {"workdir": workdir, "step": int(step), "stopped_by": stopped_by,
              "checkpoints": ckpt.directory, "metrics": os.path.join(workdir, "metrics.jsonl"),
              "parameters": n_params, "skipped_steps": skipped}
   if step == t.steps:
     summary["final_eval_loss"] = (last_eval or evaluate(state["params"]))["eval_loss"]
   return summary
+
+
+class _Signals:
+  """SIGTERM and SIGINT set `received` (the first one's name) while in context; a second Ctrl-C stops at once."""
+
+  def __init__(self):
+    self.received, self._old = None, {}
+
+  def _on_signal(self, signum, _):
+    if self.received and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, keep what is saved
+    self.received = self.received or signal.Signals(signum).name
+
+  def __enter__(self):
+    self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *_):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+class _Clock:
+  """Wall time and steps counted since the last restart, with paused intervals left out."""
+
+  def __init__(self):
+    self.restart()
+
+  def restart(self):
+    self._t0, self.steps = time.perf_counter(), 0
+
+  def count(self):
+    self.steps += 1
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self._t0
+
+  @contextlib.contextmanager
+  def paused(self):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._t0 += time.perf_counter() - t
+
+
+def _warn_if_schedule_reshapes(config, saved_config: dict) -> None:
+  """A resume with another train.steps stretches a decaying schedule that follows it: say so, and the way out."""
+  o = config.optim
+  saved_steps = saved_config.get("train", {}).get("steps")
+  saved_schedule_steps = saved_config.get("optim", {}).get("schedule_steps", 0) or saved_steps
+  schedule_steps = o.get("schedule_steps", 0) or config.train.steps
+  if o.schedule != "constant" and saved_steps is not None and schedule_steps != saved_schedule_steps:
+    log.warning("train.steps changed from %d (checkpoint) to %d: the %s schedule now spans %d steps, not %d, so the "
+                "learning rate jumps at the resume; set optim.schedule_steps=%d to keep the checkpoint's schedule",
+                saved_steps, config.train.steps, o.schedule, schedule_steps, saved_schedule_steps,
+                saved_schedule_steps)
+

@@ -31,7 +31,8 @@ def test_overrides_parse_types():
     ("model.num_layrs=2", "did you mean 'model.num_layers'"),
     ("model.num_layers=two", "expected a value of type int"),
     ("model.qk_norm=maybe", "expected true or false"),
-    ("model.num_layers", "has no '='"),
+    ("model.num_layers", "--config.model.num_layers has no value: write --config.model.num_layers=VALUE"),
+    ("model.num_layrs", "did you mean 'model.num_layers'"),
 ])
 def test_bad_overrides(override, message):
   with pytest.raises(cfg_lib.ConfigError, match=message):
@@ -58,7 +59,7 @@ def test_config_file_with_unknown_key(tmp_path):
     ({"model.num_heads": 4, "model.num_kv_heads": 3}, 1, "not a multiple of model.num_kv_heads"),
     ({"data.seq_len": 512}, 1, "exceeds model.max_seq_len"),
     ({"model.norm.kind": "batchnorm"}, 1, "model.norm.kind='batchnorm' is not one of"),
-    ({"optim.warmup_steps": 10_000}, 1, "exceeds train.steps"),
+    ({"optim.warmup_steps": 10_000, "optim.schedule_steps": 100}, 1, "exceeds optim.schedule_steps=100"),
     ({"model.vocab_size": 128}, 1, "the tokenizer has 256 tokens"),
     ({"model.num_heads": 0}, 1, "model.num_heads=0 must be positive"),
     ({"model.d_model": 2}, 1, "model.d_model=2 is not divisible by model.num_heads=4"),
@@ -70,8 +71,8 @@ def test_config_file_with_unknown_key(tmp_path):
     ({"optim.clip_norm": -1.0}, 1, "optim.clip_norm=-1.0 must be >= 0"),
     ({"optim.b2": 1.0}, 1, r"optim.b2=1.0 must be in \[0, 1\)"),
     ({"optim.min_lr_ratio": 2.0}, 1, r"optim.min_lr_ratio=2.0 must be in \[0, 1\]"),
-    ({"optim.schedule": "wsd", "optim.warmup_steps": 10, "optim.decay_fraction": 0.9}, 1,
-     "schedule=wsd: warmup_steps=10 plus the decay"),
+    ({"optim.schedule": "wsd", "optim.warmup_steps": 10, "optim.decay_fraction": 0.9, "optim.schedule_steps": 20},
+     1, "schedule=wsd: warmup_steps=10 plus the decay"),
 ])
 def test_validation_errors(tiny, overrides, devices, message):
   c = tiny()
@@ -107,3 +108,62 @@ def test_rules_table_maps_logical_names():
   assert sharding.spec(("batch", None, "heads", None)) == jax.sharding.PartitionSpec(("data", "fsdp"), None,
                                                                                        "tensor", None)
   assert sharding.spec(("layers", "embed", "mlp")) == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+
+
+# ---------------------------------------------------------------- host layout (issue 11)
+
+
+@pytest.mark.parametrize("mesh, processes, local, message", [
+    # The issue's case: 2 processes of 4, all 8 devices on the tensor axis (died in make_array_from_process_local_data).
+    ({"data": 1, "fsdp": 1, "tensor": 8}, 2, 4, "mesh.tensor=8 does not divide the 4 devices of each of the 2 proc"),
+    ({"data": 2, "fsdp": 1, "tensor": 4}, 4, 2, "mesh.tensor=4 does not divide the 2 devices"),
+    ({"data": -1, "fsdp": 1, "tensor": 1}, 2, 3, "8 devices are not 2 processes x 3"),
+    # Without the local count (a caller that cannot tell) the batch-shard check still catches it.
+    ({"data": 1, "fsdp": 1, "tensor": 8}, 2, None, r"mesh.data·mesh.fsdp=1 is not divisible by the 2 processes"),
+])
+def test_host_layout_errors(tiny, mesh, processes, local, message):
+  c = tiny(model__num_heads=8, model__d_model=64)
+  c.mesh.update(mesh)
+  cfg_lib.validate(c, 8, 256)  # fine on one process
+  with pytest.raises(cfg_lib.ConfigError, match=message):
+    cfg_lib.validate(c, 8, 256, process_count=processes, local_devices=local)
+
+
+def test_host_layouts_that_run(tiny):
+  c = tiny(model__num_heads=8, model__d_model=64)
+  for mesh, processes, local in [({"data": 1, "fsdp": -1, "tensor": 4}, 2, 4),
+                                 ({"data": 2, "fsdp": 2, "tensor": 2}, 2, 4),
+                                 ({"data": -1, "fsdp": 1, "tensor": 1}, 8, 1),
+                                 ({"data": 1, "fsdp": 1, "tensor": 8}, 1, 8)]:
+    c.mesh.update(mesh)
+    assert cfg_lib.validate(c, 8, 256, process_count=processes, local_devices=local)["tensor"] == mesh["tensor"]
+  c.mesh.update(data=1, fsdp=1, tensor=8)  # a TPU slice's interconnect spans its hosts: tensor may too
+  cfg_lib.validate(c, 8, 256, platform="tpu", process_count=2, local_devices=4)
+
+
+# ---------------------------------------------------------------- a run shorter than its warmup (issue 11)
+
+
+def test_run_shorter_than_warmup_warns_and_runs(caplog):
+  from jaxtrain import optim  # pylint: disable=g-import-not-at-top
+  c = cfg_lib.load("configs/default.py", ["train.steps=30"])  # the smoke test of the issue: warmup is 60
+  with caplog.at_level("WARNING", logger="jaxtrain.config"):
+    cfg_lib.validate(c, 8, 256)
+  (message,) = [r.getMessage() for r in caplog.records]
+  end = float(optim.schedule(c.optim, 30)(29))  # the learning rate of the last step, as the optimizer has it
+  assert message.startswith("optim.warmup_steps=60 exceeds train.steps=30: running anyway")
+  assert f"ends at {end:.3g} (29/60 of optim.lr=0.003)" in message, (message, end)
+
+
+def test_wsd_cut_short_warns_with_the_true_final_rate(caplog):
+  from jaxtrain import optim  # pylint: disable=g-import-not-at-top
+  c = cfg_lib.load("configs/lm_small.py:tiny", ["train.steps=1100"])  # warmup 1000 + decay 220 > 1100
+  with caplog.at_level("WARNING", logger="jaxtrain.config"):
+    cfg_lib.validate(c, 8, 256)
+  (message,) = [r.getMessage() for r in caplog.records]
+  end = float(optim.schedule(c.optim, 1100)(1099))
+  assert "optim.schedule=wsd: warmup_steps=1000 plus the decay (decay_fraction·steps=220) exceed" in message
+  assert f"ending at {end:.3g} rather than min_lr_ratio·lr" in message, (message, end)
+  caplog.clear()
+  cfg_lib.validate(cfg_lib.load("configs/default.py"), 8, 256)  # a full-length run warns of nothing
+  assert not caplog.records

@@ -61,6 +61,9 @@ def test_scan_equals_unrolled(m, remat):
 @pytest.mark.parametrize("change", [
     dict(mlp="gelu", norm=dict(kind="layernorm", eps=1e-5)), dict(qk_norm=True), dict(tie_embeddings=False),
     dict(num_kv_heads=None), dict(compute_dtype="bfloat16"), dict(head_dim=16),
+    dict(parametrization="mus", tie_embeddings=False, norm=dict(placement="res_post")),
+    dict(fp8="static", compute_dtype="bfloat16"), dict(fp8="delayed"),
+    dict(parametrization="mus", tie_embeddings=False, norm=dict(placement="res_post"), fp8="static", remat="dots"),
 ])
 def test_variants_run(m, change):
   m.update(change)
@@ -68,6 +71,25 @@ def test_variants_run(m, change):
   logits = forward(m, params, tokens())
   assert logits.shape == (2, 16, 64) and bool(jnp.isfinite(logits).all())
   assert logits.dtype == jnp.dtype(m.compute_dtype)
+
+
+def test_default_matmul_is_the_plain_einsum():
+  """sp and fp8=none add nothing to the program: the same jaxpr as the einsum in the compute dtype."""
+  x, w = jnp.ones((2, 3, 8)), jnp.ones((8, 4, 2))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    plain = jax.make_jaxpr(lambda x, w: jnp.einsum("btd,dhk->bthk", x.astype(dtype), w.astype(dtype)))(x, w)
+    ours = jax.make_jaxpr(lambda x, w: model.matmul("btd,dhk->bthk", x, w, dtype))(x, w)
+    assert str(ours) == str(plain)
+
+
+def test_fp8_scan_equals_unrolled(m):
+  """The FP8 linears and μS multipliers under lax.scan compute what the unrolled layers do, same parameters."""
+  m.update(parametrization="mus", tie_embeddings=False, fp8="static")
+  m.norm.placement = "res_post"
+  params = model.init(m, jax.random.key(1))
+  scanned = forward(m, params, tokens())
+  m.scan_layers = False
+  np.testing.assert_allclose(scanned, forward(m, params, tokens()), rtol=1e-5, atol=1e-5)
 
 
 def test_init_is_seeded(m):

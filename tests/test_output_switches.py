@@ -12,9 +12,8 @@ from flax import nnx
 
 from jaxtrain import __main__ as cli
 from jaxtrain import config as cfg_lib
-from jaxtrain import losses, model, optim, sharding, train
+from jaxtrain import losses, sharding, train
 from jaxtrain.metrics import read_metrics
-from jaxtrain.orthograd import project
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,26 +58,6 @@ def test_eval_and_train_use_the_configured_loss(tiny):
   _, m = prog.train_step(state, batch)
   np.testing.assert_allclose(m["ce"], want, rtol=1e-5)
   assert m["loss"].dtype == jnp.float32  # float64 stays inside the loss
-
-
-def test_orthograd_in_the_optimizer_projects_each_layer(tiny):
-  """optim.make(orthograd=True) = ⊥Grad per tensor, per layer of the stacked blocks, then the same AdamW."""
-  c = tiny(optim__clip_norm=0.0)
-  axes = model.abstract(c.model)[2]
-  params = model.init(c.model, jax.random.key(0))
-  grads = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
-  c.optim.orthograd = True
-  tx_perp, _ = optim.make(c.optim, 10, axes)
-  c.optim.orthograd = False
-  tx, _ = optim.make(c.optim, 10, axes)
-  got, _ = tx_perp.update(grads, tx_perp.init(params), params)
-  flags = model.stacked(axes)
-  by_hand = jax.tree.map(lambda g, w, s: jax.vmap(project)(g, w) if s else project(g, w), grads, params, flags)
-  want, _ = tx.update(by_hand, tx.init(params), params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, want)
-  wq, gq = params["blocks"]["attn"]["wq"]["w"], by_hand["blocks"]["attn"]["wq"]["w"]
-  for l in range(c.model.num_layers):  # each layer's slice is orthogonal to that layer's weights
-    assert abs(float(jnp.vdot(wq[l], gq[l]))) < 1e-4 * float(jnp.linalg.norm(wq[l]) * jnp.linalg.norm(gq[l]))
 
 
 def test_float64_loss_is_rejected_on_tpu(tiny):

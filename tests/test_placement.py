@@ -61,12 +61,42 @@ def ml_collections_frozen(m):
 
 
 @pytest.mark.parametrize("L, alpha, k", [(12, 0.25, 3), (24, 0.25, 6), (32, 0.0625, 2), (4, 0.25, 1), (3, 0.25, 0),
-                                         (10, 0.0, 0), (10, 1.0, 10), (7, 1 / 3, 2)])
+                                         (10, 0.0, 0), (10, 1.0, 10), (7, 1 / 3, 2), (100, 0.29, 29), (50, 0.58, 29)])
 def test_mix_ln_split(L, alpha, k):
   kinds = placement.layer_kinds("mix", L, alpha)
   assert kinds == ["post"] * k + ["pre"] * (L - k)
   segs = placement.segments(kinds)
   assert sum(e - s for _, s, e in segs) == L and all(a[2] == b[1] for a, b in zip(segs, segs[1:]))
+
+
+@pytest.mark.parametrize("L, alpha, count, k", [(24, 0.33, None, 7), (24, 0.33, 8, 8), (12, 0.25, 0, 0),
+                                                (12, 0.0, 12, 12), (32, 0.25, 2, 2)])
+def test_mix_ln_split_by_count(L, alpha, count, k):
+  """The official POST_NUM as a count overrides α: the paper's "33%" of 24 layers is 8, which α = 0.33 floors to 7."""
+  assert placement.layer_kinds("mix", L, alpha, count) == ["post"] * k + ["pre"] * (L - k)
+  assert placement.layer_kinds("pre", L, alpha, count) == ["pre"] * L  # only Mix-LN reads it
+
+
+@pytest.mark.parametrize("count, ok", [(None, True), (0, True), (4, True), (5, False), (-1, False)])
+def test_mix_post_layers_is_checked_against_the_depth(tiny, count, ok):
+  c = tiny(model__num_layers=4, model__norm__placement="mix")
+  c.model.norm.mix_post_layers = count
+  if ok:
+    cfg_lib.validate(c, 1)
+  else:
+    with pytest.raises(cfg_lib.ConfigError, match=rf"model.norm.mix_post_layers={count} must be in \[0, "):
+      cfg_lib.validate(c, 1)
+
+
+def test_model_reads_mix_post_layers():
+  """A count of 2 Post-LN layers is the model α = 0.4 gives on 5 layers; a count of 1 is another model."""
+  def hidden(**norm):
+    m = small("mix", num_layers=5)
+    m.norm.update(norm)
+    return model.Transformer(m, rngs=nnx.Rngs(0)).hidden(jnp.arange(16).reshape(2, 8))
+  by_alpha = hidden(mix_post_fraction=0.4)
+  np.testing.assert_array_equal(hidden(mix_post_fraction=0.0, mix_post_layers=2), by_alpha)
+  assert not np.allclose(hidden(mix_post_fraction=0.4, mix_post_layers=1), by_alpha)
 
 
 @pytest.mark.parametrize("placement_", PLACEMENTS)

@@ -91,3 +91,18 @@ def test_state_is_sharded_as_the_rules_say(reference):
   mu = jax.tree.leaves(state["opt_state"])  # Adam moments follow their parameters
   assert any(getattr(x, "sharding", None) is not None and x.shape == wq.shape and x.sharding.spec == wq.sharding.spec
              for x in mu)
+
+
+def test_steps_keep_their_sharding_constraints_when_lowered_outside_the_mesh(reference):
+  """A step lowered ahead of time, outside `jax.set_mesh`, still pins its activations (the traced step carries its
+  mesh): as many sharding constraints as when lowered inside the mesh, and more than none."""
+  c = reference[0]
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())
+  prog = train.build(c, mesh)
+  b = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(
+      mesh, sharding.spec(("batch", None)))), batches(c, 1)[0])
+  outside = prog.train_step.jitted.lower(prog.abstract_state, b).as_text()
+  with jax.set_mesh(mesh):
+    inside = prog.train_step.jitted.lower(prog.abstract_state, b).as_text()
+  count = lambda hlo: hlo.count("sharding_constraint")
+  assert count(outside) == count(inside) > 0

@@ -216,6 +216,37 @@ def test_orthograd_stacked_layers_project_each_layer():
   np.testing.assert_allclose(out["p1"], project(grads["p1"], params["p1"]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-19, 1e-20, 1e-25, 1e20])
+def test_orthograd_tiny_gradients_match_float64(scale):
+  """Gradients of any magnitude against a float64 reference: the float32 sums of squares used to underflow
+  (1e-3 off at 1e-19, exactly 0 at 1e-20; XLA on CPU flushes subnormals); normalized first, they do not."""
+  rng = np.random.default_rng(7)
+  w, g = rng.normal(size=(64, 48)), rng.normal(size=(64, 48)) * scale
+  g_perp = g - (g.ravel() @ w.ravel()) / (w.ravel() @ w.ravel()) * w
+  want = g_perp * np.linalg.norm(g) / np.linalg.norm(g_perp)
+  got = np.asarray(jax.jit(project)(jnp.asarray(g, jnp.float32), jnp.asarray(w, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  # Tiny weights too: the projection does not depend on the scale of w.
+  got_w = np.asarray(jax.jit(project)(jnp.asarray(g, jnp.float32), jnp.asarray(w * 1e-22, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got_w, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_orthograd_units_project_each_slice():
+  """units=(0, 2) on a [L, D, 2, F] tensor (stacked SwiGLU [gate, up]): each (layer, gate|up) slice on its own."""
+  params, grads = tree(8, ((3, 5, 2, 4), (6,))), tree(9, ((3, 5, 2, 4), (6,)))
+  tx = orthograd(units={"p0": (0, 2), "p1": ()})
+  out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  for l in range(3):
+    for i in range(2):
+      np.testing.assert_allclose(out["p0"][l, :, i], project(grads["p0"][l, :, i], params["p0"][l, :, i]),
+                                 rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(out["p1"], project(grads["p1"], params["p1"]), rtol=1e-6)
+  # stacked=True is units (0,): the same as the layer-by-layer projection, and different from (0, 2).
+  per_layer, _ = orthograd(stacked={"p0": True, "p1": False}).update(grads, optax.EmptyState(), params)
+  np.testing.assert_allclose(per_layer["p0"], project(grads["p0"], params["p0"], units=(0,)), rtol=1e-6)
+  assert float(jnp.abs(per_layer["p0"] - out["p0"]).max()) > 1e-2
+
+
 def test_orthograd_composes_and_needs_params():
   params, grads = tree(0), tree(1)
   tx = optax.chain(optax.clip_by_global_norm(0.1), orthograd(), optax.adamw(1e-2, weight_decay=0.0))

@@ -231,3 +231,108 @@ def test_metrics_survive_a_line_cut_short_by_a_kill(tmp_path):
   writer.write(2, {"loss": 1.25})
   writer.close()
   assert read_metrics(str(tmp_path)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.25}]
+
+
+def test_a_signal_during_evaluation_still_saves_the_step_it_stops_at(tiny, tmp_path, monkeypatch, caplog):
+  """SIGTERM landing while an evaluation is written (log_every=1: some blocking work every step) is not lost:
+  the run stops at the next step with that step saved, and says so only then."""
+
+  class SignalDuringEval(MetricWriter):
+    def write(self, step, metrics):
+      super().write(step, metrics)
+      if "eval_loss" in metrics and step == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train, "MetricWriter", SignalDuringEval)
+  c = tiny(train__steps=40, train__log_every=1, train__eval_every=2, train__checkpoint_every=1000)
+  summary = train.train(c, str(tmp_path), devices=ONE)
+  assert summary["stopped_by"] == "SIGTERM" and summary["step"] < 40
+  stopped = summary["step"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == [str(stopped)]
+  assert f"received SIGTERM: saved step {stopped}" in caplog.text
+  assert train.train(tiny(train__steps=stopped + 2), str(tmp_path), devices=ONE)["step"] == stopped + 2
+
+
+def test_first_row_after_a_start_or_resume_reports_no_zero_step_time(tiny, tmp_path):
+  """The first step compiles and is left out of the throughput figures: a row with no timed step has none."""
+  c = dict(train__log_every=1, train__checkpoint_every=2, optim__warmup_steps=1)
+  train.train(tiny(train__steps=4, **c), str(tmp_path), devices=ONE)
+  train.train(tiny(train__steps=8, **c), str(tmp_path), devices=ONE)
+  rows = {r["step"]: r for r in read_metrics(str(tmp_path)) if "loss" in r}
+  assert sorted(rows) == list(range(1, 9))
+  for first in (1, 5):  # after the start, after the resume from step 4
+    assert not {"step_time", "tokens_per_second", "mfu"} & set(rows[first]), rows[first]
+  timed = [r for s, r in rows.items() if s not in (1, 5)]
+  assert all(r["step_time"] > 1e-4 and np.isfinite(r["mfu"]) for r in timed)
+
+
+def test_resume_refuses_a_new_model_field_changed_and_other_data(tiny, tmp_path):
+  """Every model field not declared free to change is semantic, including ones added later; and a resume that
+  changes the data setup is refused naming the field."""
+  c = tiny(train__steps=10)
+  c.model.made_up_field = 1  # a field this code does not know about
+  train.train(c, str(tmp_path), devices=ONE)
+  c = tiny(train__steps=20)
+  c.model.made_up_field = 2
+  with pytest.raises(cfg_lib.ConfigError, match=r"model.made_up_field: checkpoint 1 vs config 2"):
+    train.train(c, str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"trained on other data \(global_batch: checkpoint 8 vs config 16\)"):
+    train.train(tiny(train__steps=20, train__global_batch=16), str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"trained on other data \(seq_len: checkpoint 32 vs config 16\)"):
+    train.train(tiny(train__steps=20, data__seq_len=16), str(tmp_path), devices=ONE)
+  with pytest.raises(cfg_lib.ConfigError, match=r"trained on other data \(seed: checkpoint 0 vs config 1\)"):
+    train.train(tiny(train__steps=20, seed=1), str(tmp_path), devices=ONE)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+
+
+def test_raising_steps_warns_that_the_schedule_reshapes(tiny, tmp_path, caplog):
+  train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
+  train.train(tiny(train__steps=12), str(tmp_path), devices=ONE)
+  assert "train.steps changed from 10 (checkpoint) to 12" in caplog.text
+  assert "set optim.schedule_steps=10 to keep the checkpoint's schedule" in caplog.text
+
+
+def test_a_read_error_that_is_not_damage_is_retried_then_reported(tiny, tmp_path, monkeypatch):
+  """Only damage sets a step aside; another error (here MemoryError) is retried, and if it persists reported with
+  nothing moved; one that passes on a retry restores normally."""
+  train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
+  real_restore = checkpoint.ocp.StandardCheckpointHandler.restore
+  calls = []
+
+  def flaky(self, *a, **kw):
+    calls.append(1)
+    if len(calls) <= failures:
+      raise MemoryError("out of host memory")
+    return real_restore(self, *a, **kw)
+
+  monkeypatch.setattr(checkpoint.ocp.StandardCheckpointHandler, "restore", flaky)
+  monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+  failures = checkpoint.RETRIES + 1
+  with pytest.raises(checkpoint.CheckpointError, match=r"step 10 .* \(MemoryError: out of host memory\) and this is "
+                                                       "no sign of damage: nothing was moved"):
+    train.train(tiny(train__steps=12), str(tmp_path), devices=ONE)
+  assert len(calls) == checkpoint.RETRIES + 1 and not os.path.exists(tmp_path / "corrupt_checkpoints")
+  calls.clear()
+  failures = 1
+  assert train.train(tiny(train__steps=12), str(tmp_path), devices=ONE)["step"] == 12
+  assert not os.path.exists(tmp_path / "corrupt_checkpoints")
+
+
+def test_evaluation_keeps_a_bounded_number_of_steps_in_flight():
+  """64 eval batches queued without waiting crashed XLA's CPU collectives on 8 devices: at most EVAL_IN_FLIGHT
+  eval steps may be queued and not yet waited for."""
+  queued, most = [], []
+
+  class Result(np.ndarray):
+    def block_until_ready(self):  # in-order execution: waiting for this one finishes all before it
+      queued.clear()
+      return self
+
+  def eval_step(params, batch):
+    queued.append(batch)
+    most.append(len(queued))
+    return np.array([2.0 * batch, 4.0]).view(Result)
+
+  out = train.evaluate_batches(eval_step, None, list(range(64)))
+  assert out["eval_loss"] == pytest.approx(sum(2.0 * b for b in range(64)) / (4.0 * 64))
+  assert max(most) == train.EVAL_IN_FLIGHT

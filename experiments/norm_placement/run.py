@@ -77,7 +77,7 @@ def analyse(p, args):
       prog.abstract_state, config.model.to_dict())
   params = restored[0]["params"]
   kw = dict(seq_len=config.data.seq_len, global_batch=config.train.global_batch)
-  batches = data.make_eval_batches(config.data, num_batches=config.train.eval_batches, **kw)
+  batches = data.eval_batches(config.data, num_batches=config.train.eval_batches, **kw)
   states = diagnostics.residual_states(prog.graphdef, params, batches[0]["inputs"])
   out["angular_last"] = diagnostics.angular_distances(states, last_token=True)
   out["angular_all"] = diagnostics.angular_distances(states, last_token=False)

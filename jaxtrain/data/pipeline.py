@@ -1,142 +1,221 @@
-"""grain pipelines: documents -> tokens + eos -> packed rows -> batches.
+"""Batches as a pure function of the step: index-addressable rows of a token cache (Levanter's data loader).
 
-Rows are packed by concatenate-then-split (no padding): each row holds
-`seq_len + 1` tokens and becomes `inputs = row[:-1]`, `targets = row[1:]`.
+A split is one flat token stream (`token_cache.py`: documents in order, each
+followed by eos). Row r is the window of T + 1 tokens starting at r·T
+(concatenate-then-split, no padding), with
+
+    inputs = row[:-1],  targets = row[1:],
+
+so consecutive rows overlap by one token and every token but the first is a
+target once per epoch; a split of n tokens has N = (n - 1) // T rows. Training
+visits them in a new pseudo-random order each epoch: the global batch of step s
+holds the rows at positions p = s·B, ..., s·B + B - 1 of the endless sequence
+
+    row(p) = perm_{p div N}(p mod N),
+
+where perm_e is the Feistel permutation of [0, N) keyed by (seed, epoch e)
+(`permutation.py`). A batch therefore depends on (dataset, tokenizer, seq_len,
+seed, global batch, step) only: not on the host count or the mesh, and a resume
+needs the step and nothing else. Each host builds the global arrays with
+`jax.make_array_from_callback`, reading only the rows its own devices hold.
+Evaluation reads the validation rows 0, 1, 2, ... in order (cycled if short).
 """
 
-import functools
-import itertools
+from __future__ import annotations
 
-from absl import flags
-import grain
+import queue
+import threading
+
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from jaxtrain.data import sources
+from jaxtrain.data import permutation, token_cache
 from jaxtrain.data.errors import DataError
-from jaxtrain.data.tokenizer import make_tokenizer
 
-# Packed rows are shuffled in windows of this many rows: a long document fills
-# many consecutive rows, and without this they would land in the same batch.
-ROW_SHUFFLE_WINDOW = 1024
-# grain's per-element bookkeeping costs ~0.2 ms, as much as tokenizing ~50 kB:
-# tokenize documents in chunks (packing concatenates them anyway, so the rows
-# are the same as if documents came one by one).
-DOCS_PER_CHUNK = 64
-# One reader thread: more only fight over the GIL (the machine may have 2 cores).
-_READ = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+PREFETCH = 2  # batches made ahead on the background thread: data costs ~ms per step, so two hide it
 
 
-def _local_batch(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise DataError(f"global batch {global_batch} is not divisible by "
-                    f"{process_count} processes: change the batch size")
-  return global_batch // process_count
+def _rows_of(tokens: np.ndarray, rows: np.ndarray, seq_len: int) -> np.ndarray:
+  """int32[len(rows), T + 1]: the windows of T + 1 tokens at rows·T (fancy indexing reads only these)."""
+  return tokens[rows[:, None] * seq_len + np.arange(seq_len + 1)].astype(np.int32)
 
 
-def _documents(data_cfg, split, process_index, process_count):
-  """This host's documents: every `process_count`-th, from `process_index`."""
-  source, key = sources.open_split(data_cfg, split)
-  docs = grain.MapDataset.source(source)[process_index::process_count]
-  if not len(docs):
-    raise DataError(f"split {split!r} of {data_cfg.name!r} has no document for "
-                    f"process {process_index}/{process_count}: use a larger split")
-  return docs, key
+def _check_same_on_every_host(cache: token_cache.TokenCache, data_cfg) -> None:
+  """Hosts that share no disk build their own caches: refuse to mix batches of different data (a collective)."""
+  if jax.process_count() == 1:
+    return
+  sha = cache.meta["sha256"]
+  digests_P32 = np.asarray(multihost_utils.process_allgather(np.frombuffer(bytes.fromhex(sha), np.uint8)))
+  differ = [i for i, d in enumerate(digests_P32.reshape(jax.process_count(), -1)) if d.tobytes().hex() != sha]
+  if differ:
+    raise DataError(f"the token cache of {data_cfg.name!r} split {cache.meta['split']!r} on process "
+                    f"{jax.process_index()} differs from that of processes {differ}: the hosts' copies of the dataset "
+                    "differ; give every host the same files, or a shared data.data_dir")
 
 
-def _tokenize(examples, *, key, tokenizer):
-  """A chunk of documents -> their tokens, each document followed by eos."""
-  eos = np.array([tokenizer.eos_id], np.int32)
-  return {"tokens": np.concatenate([a for ex in examples for a in (tokenizer.encode(ex[key]), eos)])}
+def _num_rows(cache: token_cache.TokenCache, data_cfg, split: str, seq_len: int) -> int:
+  n = (cache.meta["num_tokens"] - 1) // seq_len
+  if n < 1:
+    raise DataError(f"split {split!r} of {data_cfg.name!r} has {cache.meta['num_tokens']} tokens, fewer than "
+                    f"one row of data.seq_len + 1 = {seq_len + 1}: use a larger split or a smaller data.seq_len")
+  return n
 
 
-class _JsonSafeIterator(grain.DatasetIterator):
-  """A grain iterator whose state survives a JSON round trip (as in orbax).
+def _global_batch(read, global_batch: int, seq_len: int, sharding) -> dict:
+  """{'inputs', 'targets'} int32[B, T] from `read(lo, hi)` -> the rows [lo, hi) of the batch, int32[hi - lo, T + 1].
 
-  grain 0.2.18's concat-then-split state marks "no remainder" with `(-1, -1)`
-  tuples compared by `!=`; after JSON they are lists and restore a phantom
-  remainder. `set_state` turns them back into tuples.
+  With a sharding, global jax.Arrays of which this host reads only the rows its
+  devices hold (each distinct slice once); without one, numpy arrays of the whole batch.
+  """
+  if sharding is None:
+    rows = read(0, global_batch)
+    return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
+  shape = (global_batch, seq_len)
+  try:
+    sharding.shard_shape(shape)
+  except ValueError as e:
+    raise DataError(f"a global batch of shape {shape} cannot be split evenly by {sharding.spec} over the mesh "
+                    f"{dict(sharding.mesh.shape)}: make train.global_batch a multiple of mesh.data·mesh.fsdp") from e
+  read_once = {}
+
+  def rows(index):
+    lo, hi, _ = index[0].indices(global_batch)
+    if (lo, hi) not in read_once:
+      read_once[lo, hi] = read(lo, hi)
+    return read_once[lo, hi]
+
+  return {name: jax.make_array_from_callback(shape, sharding, lambda index, part=part: rows(index)[part][:, index[1]])
+          for name, part in (("inputs", np.s_[:, :-1]), ("targets", np.s_[:, 1:]))}
+
+
+class TrainData:
+  """The training split as global batches addressed by step.
+
+  `TrainData(config.data, seq_len=T, global_batch=B, seed=s)` opens the split's
+  token cache (building it on first use) and checks that it holds at least one
+  global batch. `batch(step, sharding)` is the global batch of `step`;
+  `iterate(start_step, sharding)` yields those of start_step, start_step + 1, ...
+  made ahead on a background thread. `fingerprint()` is what a resume must not change.
   """
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._parent)
+  def __init__(self, data_cfg, *, seq_len: int, global_batch: int, seed: int):
+    if seq_len < 1 or global_batch < 1:
+      raise DataError(f"seq_len={seq_len} and global_batch={global_batch} must be positive")
+    self.split = data_cfg.get("train_split", "train")
+    self.cache = token_cache.load(data_cfg, self.split)
+    _check_same_on_every_host(self.cache, data_cfg)
+    self.num_rows = _num_rows(self.cache, data_cfg, self.split, seq_len)
+    if self.num_rows < global_batch:
+      raise DataError(
+          f"split {self.split!r} of {data_cfg.name!r} has {self.cache.meta['num_tokens']} tokens: "
+          f"{self.num_rows} rows of data.seq_len + 1 = {seq_len + 1}, fewer than one global batch of {global_batch}; "
+          "use a larger split, or a smaller train.global_batch or data.seq_len")
+    self.name, self.seq_len, self.global_batch, self.seed = data_cfg.name, seq_len, global_batch, seed
+    self._perms = {}
 
-  def get_state(self) -> dict:
-    return self._parent.get_state()
+  def _perm(self, epoch: int) -> permutation.Permutation:
+    if epoch not in self._perms:
+      self._perms = {epoch: permutation.Permutation(self.num_rows, self.seed, epoch)} | {
+          e: p for e, p in self._perms.items() if abs(e - epoch) <= 1}  # a batch spans at most two epochs
+    return self._perms[epoch]
 
-  def set_state(self, state: dict):
-    self._parent.set_state(_tuple_slices(state))
+  def row_indices(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """int64[hi - lo]: the rows (of the token stream) at positions [lo, hi) of the global batch of `step`."""
+    hi = self.global_batch if hi is None else hi
+    p = step * self.global_batch + np.arange(lo, hi, dtype=np.int64)
+    epoch, i = np.divmod(p, self.num_rows)
+    rows = np.empty_like(p)
+    for e in np.unique(epoch):
+      rows[epoch == e] = self._perm(int(e))(i[epoch == e])
+    return rows
+
+  def read(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """int32[hi - lo, T + 1]: the token rows at positions [lo, hi) of the global batch of `step`."""
+    return _rows_of(self.cache.tokens, self.row_indices(step, lo, hi), self.seq_len)
+
+  def batch(self, step: int, sharding=None) -> dict:
+    """The global batch of `step`: {'inputs', 'targets'} int32[B, T], as jax.Arrays placed by `sharding`
+    (a NamedSharding of the [B, T] batch; this host reads only its devices' rows), or numpy without one."""
+    return _global_batch(lambda lo, hi: self.read(step, lo, hi), self.global_batch, self.seq_len, sharding)
+
+  def iterate(self, start_step: int, sharding=None, prefetch: int = PREFETCH) -> Prefetcher:
+    """The global batches of start_step, start_step + 1, ..., made `prefetch` ahead; `close()` it when done."""
+    return Prefetcher(lambda step: self.batch(step, sharding), start_step, prefetch)
+
+  def fingerprint(self) -> dict:
+    """What determines the batches (with the step): a resume must find the same. JSON-serializable."""
+    return {"name": self.name, "split": self.split, "tokenizer": self.cache.meta["tokenizer"],
+            "seq_len": self.seq_len, "seed": self.seed, "global_batch": self.global_batch,
+            "cache": self.cache.fingerprint}
 
 
-def _tuple_slices(state):
-  if isinstance(state, dict):
-    return {k: ({f: tuple(v) for f, v in sub.items()} if k == "remainder_slices"
-                else _tuple_slices(sub)) for k, sub in state.items()}
-  if isinstance(state, (list, tuple)):
-    return type(state)(_tuple_slices(s) for s in state)
-  return state
+class Prefetcher:
+  """An iterator over make(step) for step = start, start + 1, ..., computed on one background thread,
+  at most `depth` ahead. `step` is the step of the next batch `next()` returns."""
+
+  def __init__(self, make, start: int, depth: int = PREFETCH):
+    self.step = start
+    self._queue = queue.Queue(maxsize=max(1, depth))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(make, start), daemon=True, name="jaxtrain-data")
+    self._thread.start()
+
+  def _run(self, make, step):
+    while not self._stop.is_set():
+      try:
+        item = (step, make(step))
+      except Exception as e:  # pylint: disable=broad-except  # raised in the consumer by __next__
+        item = (step, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if isinstance(item[1], Exception):
+        return
+      step += 1
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._stop.is_set():
+      raise StopIteration
+    step, batch = self._queue.get()
+    if isinstance(batch, Exception):
+      self.close()
+      raise batch
+    assert step == self.step, (step, self.step)
+    self.step += 1
+    return batch
+
+  def close(self):
+    """Stops the thread and drops the batches made ahead."""
+    self._stop.set()
+    self._thread.join()
+    while not self._queue.empty():
+      self._queue.get_nowait()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
-def _tokens_only(row):
-  return row["tokens"]  # Drop the `tokens_segment_ids` / `tokens_positions` packing adds.
+def eval_batches(data_cfg, *, seq_len: int, global_batch: int, num_batches: int, sharding=None) -> list[dict]:
+  """The first num_batches·B rows of the validation split, in order (cycled if short), as global batches.
 
-
-def _split_row(tokens_BL):
-  return {"inputs": tokens_BL[:, :-1], "targets": tokens_BL[:, 1:]}
-
-
-def _packed_batches(docs, key, data_cfg, *, seq_len, batch, seed):
-  """MapDataset of (repeated) documents -> IterDataset of batches."""
-  tokenize = functools.partial(_tokenize, key=key, tokenizer=make_tokenizer(data_cfg))
-  chunks = docs.batch(DOCS_PER_CHUNK, batch_fn=list).map(tokenize)
-  rows = grain.experimental.ConcatThenSplitIterDataset(
-      chunks.to_iter_dataset(_READ), length_struct={"tokens": seq_len + 1})
-  rows = rows.map(_tokens_only)
-  if seed is not None:
-    rows = grain.experimental.WindowShuffleIterDataset(
-        rows, window_size=ROW_SHUFFLE_WINDOW, seed=seed)
-  return rows.batch(batch, drop_remainder=True).map(_split_row)
-
-
-def make_train_iterator(data_cfg, *, seq_len: int, global_batch: int, seed: int,
-                        process_index: int = 0, process_count: int = 1):
-  """An endless iterator of this host's training batches.
-
-  Yields `{'inputs', 'targets'}`, each `int32[global_batch // process_count,
-  seq_len]`. Documents are shuffled with `seed`, differently each epoch, after
-  sharding by host. The returned grain iterator supports exact resume:
-  `it.set_state(state)` on a fresh iterator built from the same arguments
-  continues exactly where the iterator that gave `state = it.get_state()` was.
-  The state is JSON-serializable (and so works with grain's orbax handlers).
-
-  `data_cfg.num_workers = 0` (default) reads and tokenizes in a thread of this
-  process (~3M byte tokens/s on pystdlib, ~0.5M on sentence-sized documents). With
-  `num_workers > 0`, batches are made in that many spawned processes (grain
-  `mp_prefetch`; still deterministic and exactly resumable, but the order
-  depends on `num_workers`, so keep it fixed across a resume). The main module
-  then needs an `if __name__ == '__main__'` guard (workers are spawned), and
-  `it.close()` can take ~25 s (grain's worker kill timeout).
+  Always the same batches, on any host count; `sharding` as in `TrainData.batch`.
   """
-  docs, key = _documents(data_cfg, data_cfg.get("train_split", "train"),
-                         process_index, process_count)
-  ds = _packed_batches(docs.shuffle(seed).repeat(), key, data_cfg, seq_len=seq_len,
-                       batch=_local_batch(global_batch, process_count), seed=seed)
-  if (workers := data_cfg.get("num_workers", 0)) > 0:
-    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults.
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return _JsonSafeIterator(iter(ds))
+  split = data_cfg.get("eval_split", "validation")
+  cache = token_cache.load(data_cfg, split)
+  _check_same_on_every_host(cache, data_cfg)
+  n = _num_rows(cache, data_cfg, split, seq_len)
 
+  def read(step):
+    return lambda lo, hi: _rows_of(cache.tokens, (step * global_batch + np.arange(lo, hi)) % n, seq_len)
 
-def make_eval_batches(data_cfg, *, seq_len: int, global_batch: int, num_batches: int,
-                      process_index: int = 0, process_count: int = 1) -> list[dict]:
-  """The first `num_batches` batches of this host's packed validation split.
-
-  Documents are packed in order (no shuffle), so every call returns the same
-  batches. If the split has fewer tokens than needed, it is cycled: later
-  batches then repeat earlier documents.
-  """
-  docs, key = _documents(data_cfg, data_cfg.get("eval_split", "validation"),
-                         process_index, process_count)
-  ds = _packed_batches(docs.repeat(), key, data_cfg, seq_len=seq_len,
-                       batch=_local_batch(global_batch, process_count), seed=None)
-  return list(itertools.islice(ds, num_batches))
+  return [_global_batch(read(s), global_batch, seq_len, sharding) for s in range(num_batches)]

@@ -5,6 +5,7 @@ Everything is read with TFDS data sources (array_record files, no TensorFlow).
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import tensorflow_datasets as tfds
 
@@ -39,8 +40,14 @@ def _tfds_builder(name: str, ddir: str):
   return builder
 
 
-def open_split(data_cfg, split: str) -> tuple[Sequence[dict], str]:
-  """Returns (a random-access source of examples, the key of their text)."""
+class Split(NamedTuple):
+  source: Sequence[dict]  # random access to the examples
+  key: str                # the feature holding their text
+  identity: str           # the data set's TFDS full name (name/config/version; for local files it hashes the set)
+
+
+def open_split(data_cfg, split: str) -> Split:
+  """Opens one split of `data_cfg.name` for random access."""
   name, ddir = data_cfg.name, data_dir(data_cfg)
   if name in LOCAL:
     try:
@@ -56,4 +63,4 @@ def open_split(data_cfg, split: str) -> tuple[Sequence[dict], str]:
   if split.split("[")[0] not in builder.info.splits:  # Allow 'train[:90%]'.
     raise DataError(f"dataset {name!r} has no split {split!r} (it has "
                     f"{sorted(builder.info.splits)}): set --config.data.train_split/eval_split")
-  return builder.as_data_source(split=split), key
+  return Split(builder.as_data_source(split=split), key, builder.info.full_name)

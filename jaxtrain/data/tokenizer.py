@@ -1,9 +1,11 @@
 """Tokenizers: raw bytes (default) or a SentencePiece model.
 
 Both map a document to int32 ids and expose `eos_id`, the id appended after
-every document when packing.
+every document when packing, and `identity`, a name for what they compute (the
+token cache and the resume check key on it, not on a file path).
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -16,6 +18,7 @@ class ByteTokenizer:
 
   vocab_size = 256
   eos_id = 0
+  identity = "byte"
 
   def encode(self, text: str | bytes) -> np.ndarray:
     if isinstance(text, str):
@@ -36,7 +39,10 @@ class SentencePieceTokenizer:
     if not os.path.isfile(path):
       raise DataError(f"SentencePiece model {path} not found: set --config.data.tokenizer "
                       "to an existing .model file, or to 'byte'")
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    with open(path, "rb") as f:
+      model = f.read()
+    self._sp = spm.SentencePieceProcessor(model_proto=model)
+    self.identity = "sentencepiece-" + hashlib.sha256(model).hexdigest()[:16]
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
     if self.eos_id < 0:

@@ -1,0 +1,138 @@
+"""The token cache: a split tokenized once into one flat array on disk, read back as a memmap.
+
+As Levanter's tokenized cache and nanoGPT's `train.bin`: the split's documents, in
+order, are tokenized and each followed by eos, and the ids concatenated into
+`tokens.bin` (uint16 when the vocabulary fits, else int32). `meta.json` beside it
+holds the counts and a sha256 of the tokens, the fingerprint a resume checks.
+
+The cache lives in `{data.data_dir}/token_cache/<dataset>.<split>.<tokenizer>/`,
+keyed by the dataset's TFDS full name (name/config/version; for `pystdlib` and
+`text_files` the config name hashes the file set), the split and the tokenizer's
+identity. The first process to take the lock builds it into a temporary directory
+and renames it into place; the others wait, then read it. Building is
+deterministic, so hosts that share no disk each build the same bytes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import fcntl
+import functools
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import ml_collections
+import numpy as np
+
+from jaxtrain.data import sources
+from jaxtrain.data.errors import DataError
+from jaxtrain.data.tokenizer import make_tokenizer
+
+FORMAT = 1                 # part of the directory name: bump it when the layout changes
+DOCS_PER_CHUNK = 512       # documents read and tokenized at once (one worker task)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCache:
+  tokens: np.ndarray       # uint16 or int32 [num_tokens], a read-only memmap
+  meta: dict               # dataset, split, tokenizer, dtype, num_documents, num_tokens, sha256, ...
+  path: str
+
+  @property
+  def fingerprint(self) -> str:
+    return self.meta["sha256"][:16]
+
+
+def _safe(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _tokenize(source, key, tok, lo: int, hi: int, dtype: str) -> np.ndarray:
+  """Documents [lo, hi) of `source` -> their tokens, each document followed by eos."""
+  eos = np.array([tok.eos_id], np.int32)
+  docs = source.__getitems__(list(range(lo, hi)))
+  return np.concatenate([a for ex in docs for a in (tok.encode(ex[key]), eos)]).astype(dtype)
+
+
+@functools.lru_cache(maxsize=2)
+def _open_in_worker(cfg_json: str, split: str):
+  cfg = ml_collections.ConfigDict(json.loads(cfg_json))
+  return sources.open_split(cfg, split), make_tokenizer(cfg)
+
+
+def _worker_tokenize(cfg_json: str, split: str, lo: int, hi: int, dtype: str) -> np.ndarray:
+  """`_tokenize` in a worker process, which opens the split once for all its tasks."""
+  (source, key, _), tok = _open_in_worker(cfg_json, split)
+  return _tokenize(source, key, tok, lo, hi, dtype)
+
+
+def load(data_cfg, split: str) -> TokenCache:
+  """The token cache of `split` of `data_cfg`, built on first use (`data.num_workers` processes tokenize)."""
+  opened, tok = sources.open_split(data_cfg, split), make_tokenizer(data_cfg)
+  root = os.path.join(sources.data_dir(data_cfg), "token_cache")
+  final = os.path.join(root, _safe(f"{opened.identity}.{split}.{tok.identity}.v{FORMAT}"))
+  if not os.path.isfile(os.path.join(final, "meta.json")):
+    try:
+      os.makedirs(root, exist_ok=True)
+      with open(final + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait here, then find it built
+        if not os.path.isfile(os.path.join(final, "meta.json")):
+          for stale in glob.glob(final + ".incomplete-*"):  # left by a builder killed mid-way (it held the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+          _build(data_cfg, split, opened, tok, root, final)
+    except OSError as e:
+      raise DataError(f"cannot write the token cache in {root} ({e}): set --config.data.data_dir "
+                      "to a writable directory") from e
+  with open(os.path.join(final, "meta.json")) as f:
+    meta = json.load(f)
+  tokens = np.memmap(os.path.join(final, "tokens.bin"), dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
+  return TokenCache(tokens, meta, final)
+
+
+def _build(data_cfg, split, opened, tok, root, final):
+  t0 = time.perf_counter()
+  n_docs = len(opened.source)
+  if not n_docs:
+    raise DataError(f"split {split!r} of {data_cfg.name!r} has no documents: use another split "
+                    "(--config.data.train_split/eval_split)")
+  dtype = "uint16" if tok.vocab_size <= 2**16 else "int32"
+  chunks = [(lo, min(lo + DOCS_PER_CHUNK, n_docs)) for lo in range(0, n_docs, DOCS_PER_CHUNK)]
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".incomplete-", dir=root)
+  try:
+    sha, n_tokens = hashlib.sha256(), 0
+    with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
+      workers = data_cfg.get("num_workers", 0)
+      if workers > 0:  # spawned, not forked: this process may run JAX's threads
+        cfg_json = json.dumps(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        parts = pool.map(_worker_tokenize, *zip(*[(cfg_json, split, lo, hi, dtype) for lo, hi in chunks]))
+      else:
+        pool, parts = None, (_tokenize(opened.source, opened.key, tok, lo, hi, dtype) for lo, hi in chunks)
+      try:
+        for part in parts:  # in document order, whatever the number of workers
+          f.write(part.tobytes())
+          sha.update(part.tobytes())
+          n_tokens += part.size
+      finally:
+        if pool is not None:
+          pool.shutdown(cancel_futures=True)
+    meta = dict(format=FORMAT, dataset=opened.identity, split=split, tokenizer=tok.identity, dtype=dtype,
+                vocab_size=tok.vocab_size, eos_id=tok.eos_id, num_documents=n_docs, num_tokens=n_tokens,
+                sha256=sha.hexdigest(), build_seconds=round(time.perf_counter() - t0, 2))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(meta, f, indent=1)
+    try:
+      os.rename(tmp, final)  # atomic: readers see all of it or nothing
+    except OSError:
+      if not os.path.isfile(os.path.join(final, "meta.json")):
+        raise  # else another host on a lock-less shared disk built the same bytes first
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""FP8 linear layers: static scaling (μnit Scaling) and delayed scaling (the amax-history baseline).
+
+μnit Scaling (Narayan, Gupta, Paul, Blalock; "μnit Scaling: Simple and Scalable FP8 LLM Training", ICML 2025,
+arXiv 2502.05967) keeps every hidden tensor near unit scale, so weights, activations and gradients are cast to
+FP8 directly, with no scale state:
+
+    forward     y = α · (sat(x, E4M3) · sat(w, E4M3))                    α = 1/√fan_in (μS) or 1 (SP)
+    backward    ĝ = sat(S·g, E5M2)                                       S: static gradient scale
+                dx = (α/S) · ĝ · sat(w)ᵀ        dw = (α/S) · sat(x)ᵀ · ĝ
+
+`sat(x, f) = clip(x, ±max_f).astype(f)`: a plain cast turns E4M3FN overflow into NaN and E5M2 overflow into
+Inf; clipping saturates instead (paper A.1.2). α is a compile-time constant, so XLA folds it into the GEMM's
+`alpha` on GPU. S is the gap the paper leaves (spec §1.7): with a mean loss over N tokens the gradients at the
+hidden outputs are ~1/(N·d) and 98-100% of them underflow E5M2; S = N·d (μS; N for SP, whose head has no 1/d)
+brings them to unit scale. S multiplies g just before the cast and is divided out of dx and dw in the same
+backward, so no gradient outside this function, and no optimizer, ever sees it.
+
+Delayed scaling (`delayed`; what Flax's `Fp8DirectDotGeneralOp`, MaxText and Transformer Engine ship) divides
+each tensor by a per-tensor scale from the max of its last `history` amaxes before casting, and multiplies the
+GEMM output back. We reuse `flax.linen.fp8_ops`' `update_fp8_meta` (the scale rule, the amax history roll) and
+`quantize` (scale, saturate, cast); not its Linen modules nor the `_overwrite_with_gradient` collection. Its
+idea stays: the scale state is an input of the custom_vjp whose cotangent is the new state. The train step
+differentiates with respect to it and stores the cotangent as `state["fp8"]`; over microbatches the new states
+combine by max (every microbatch sees the same old state, so only the newest amax differs). Without state
+(evaluation, a notebook's forward pass), delayed scaling falls back to the current tensor's amax.
+
+Health diagnostics ride the same channel: a zero `probe` input [3, 3] whose cotangent is, for the tensors
+entering the casts (x, w, g: rows), their RMS, underflow fraction (non-zeros that become 0) and saturation
+fraction (clipped to max): columns. See `cast_stats`.
+
+Every function takes the activations as x_MK (M tokens, K = fan_in) and the weight as w_KN (N: one or more output
+axes); the model reshapes its einsums to this form (`einsum`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax.linen import fp8_ops
+
+E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
+STATS = ("rms", "underflow", "saturation")  # the probe's columns
+TENSORS = ("x", "w", "g")                  # the probe's rows: activation, weight, output gradient
+
+
+class Recipe(NamedTuple):
+  """How the FP8 linears of a model cast (static, hashable: part of the model's graph definition).
+
+  mode:        'static' | 'delayed'
+  grad_scale:  static: S, or 0 for auto = tokens in the call × `auto_width`
+  auto_width:  d_model under μS (undoes the head's 1/d in the backward), 1 under SP
+  """
+  mode: str
+  grad_scale: float = 0.0
+  auto_width: int = 1
+
+
+def saturate(x: jax.Array, dtype) -> jax.Array:
+  """Cast to an FP8 format, clipping to its largest finite value first (a plain cast overflows to NaN/Inf)."""
+  big = float(jnp.finfo(dtype).max)
+  return jnp.clip(x, -big, big).astype(dtype)
+
+
+def cast_stats(x: jax.Array, dtype) -> jax.Array:
+  """[rms, underflow, saturation] of x as it enters the cast to `dtype` (float32 [3]).
+
+  underflow: the fraction of x's non-zero entries that the cast rounds to zero;
+  saturation: the fraction of all entries beyond the format's largest finite value (clipped).
+  """
+  x32 = x.astype(jnp.float32)
+  nonzero = x32 != 0
+  lost = nonzero & (saturate(x32, dtype).astype(jnp.float32) == 0)
+  rms = jnp.sqrt(jnp.mean(x32 * x32))
+  underflow = jnp.sum(lost) / jnp.maximum(jnp.sum(nonzero), 1)
+  saturation = jnp.mean(jnp.abs(x32) > float(jnp.finfo(dtype).max))
+  return jnp.stack([rms, underflow.astype(jnp.float32), saturation.astype(jnp.float32)])
+
+
+def init_meta(history: int) -> dict:
+  """One linear's delayed-scaling state: per tensor (x, w, g) a scale (x_q = x / scale) and its amax history."""
+  one = lambda: {"scale": jnp.ones((), jnp.float32), "history": jnp.zeros((history,), jnp.float32)}
+  return {name: one() for name in TENSORS}
+
+
+def _delayed(x, meta, dtype):
+  """(x_q, scale, new meta) by Flax's delayed rule; without meta, the scale of x's own amax (current scaling)."""
+  if meta is None:
+    amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
+    scale = jnp.where(jnp.isfinite(amax) & (amax > 0), amax / float(jnp.finfo(dtype).max), 1.0)
+    new = None
+  else:
+    scale, history = fp8_ops.update_fp8_meta(x, dtype, meta["scale"], meta["history"])
+    new = {"scale": scale, "history": history}
+  return fp8_ops.quantize(x.astype(jnp.float32), dtype, scale, jnp.float32), scale, new
+
+
+def _dot(a, b, contract):
+  return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _fwd(x_MK, w_KN, side, alpha, recipe, out_dtype):
+  meta, probe = side.get("meta"), side.get("probe")
+  if recipe.mode == "static":
+    xs, ws = x_MK, w_KN  # what enters the casts
+    xq, wq = saturate(xs, E4M3), saturate(ws, E4M3)
+    sx = sw = 1.0  # python floats: α stays a compile-time constant
+    new_x = new_w = None
+  else:
+    xq, sx, new_x = _delayed(x_MK, None if meta is None else meta["x"], E4M3)
+    wq, sw, new_w = _delayed(w_KN, None if meta is None else meta["w"], E4M3)
+    xs, ws = x_MK / sx, w_KN / sw
+  y = _dot(xq, wq, ((1,), (0,))) * (alpha * sx * sw)
+  stats = None if probe is None else (cast_stats(xs, E4M3), cast_stats(ws, E4M3))
+  scales = None if recipe.mode == "static" else (sx, sw)  # static: nothing saved, α stays constant in the bwd
+  return y.astype(out_dtype), (xq, wq, scales, meta, new_x, new_w, stats)
+
+
+def _bwd(alpha, recipe, out_dtype, res, g_MN):
+  xq, wq, scales, meta, new_x, new_w, stats = res
+  sx, sw = (1.0, 1.0) if scales is None else scales
+  n_out = g_MN.ndim - 1
+  g32 = g_MN.astype(jnp.float32)
+  if recipe.mode == "static":
+    S = recipe.grad_scale or g_MN.shape[0] * recipe.auto_width  # auto: tokens in this call × width
+    gs = g32 * S
+    gq, post = saturate(gs, E5M2), alpha / S
+    new_g = None
+  else:
+    gq, sg, new_g = _delayed(g32, None if meta is None else meta["g"], E5M2)
+    gs, post = g32 / sg, alpha * sg
+  out_axes = tuple(range(1, 1 + n_out))
+  dx_MK = _dot(gq, wq, (out_axes, out_axes)) * (post * sw)
+  dw_KN = _dot(xq, gq, ((0,), (0,))) * (post * sx)
+  side_ct = {}
+  if meta is not None:
+    side_ct["meta"] = {"x": new_x, "w": new_w, "g": new_g}
+  if stats is not None:
+    side_ct["probe"] = jnp.stack([*stats, cast_stats(gs, E5M2)])
+  return dx_MK.astype(out_dtype), dw_KN, side_ct
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def linear(x_MK, w_KN, side, alpha: float, recipe: Recipe, out_dtype):
+  """α · x_MK · w_KN with FP8 operands in the forward and both backward GEMMs -> y_M..., in `out_dtype`.
+
+  x_MK must be in `out_dtype` and w_KN in float32 (their gradients come back in those dtypes).
+
+  `side` is a dict with optional entries `meta` (delayed scaling's state, `init_meta`) and `probe` (zeros [3, 3]);
+  their cotangents are the new state and the cast statistics (see the module docstring).
+  """
+  return _fwd(x_MK, w_KN, side, alpha, recipe, out_dtype)[0]
+
+
+linear.defvjp(_fwd, _bwd)
+
+
+def einsum(eq: str, x, w, *, alpha: float, recipe: Recipe, out_dtype, side=None):
+  """`jnp.einsum(eq, x, w) · α` through `linear`: eq must contract x's trailing axes with w's leading ones.
+
+  'btd,dhk->bthk', 'bthk,hkd->btd', 'btd,dcf->btcf' and 'btf,fd->btd' all do: x becomes [tokens, fan_in]
+  (the 2-D form XLA's FP8 GEMM rewrite matches), w only merges its contracted axes.
+  """
+  (xs, ws), out = eq.split("->")[0].split(","), eq.split("->")[1]
+  k = len([a for a in ws if a in xs and a not in out])
+  if xs[len(xs) - k:] != ws[:k] or out != xs[:len(xs) - k] + ws[k:]:
+    raise ValueError(f"fp8.einsum: {eq!r} does not contract x's trailing axes with w's leading axes")
+  lead, K = x.shape[:x.ndim - k], math.prod(x.shape[x.ndim - k:])
+  x_MK, w_KN = x.astype(out_dtype).reshape(-1, K), w.astype(jnp.float32).reshape(K, *w.shape[k:])
+  y = linear(x_MK, w_KN, side or {}, alpha, recipe, jnp.dtype(out_dtype))
+  return y.reshape(*lead, *w.shape[k:])
+
+
+def recipe(m) -> Recipe | None:
+  """The FP8 recipe of model config `m`'s hidden linears; None when `model.fp8=none`."""
+  if m.fp8 == "none":
+    return None
+  return Recipe(m.fp8, float(m.fp8_grad_scale), m.d_model if m.parametrization == "mus" else 1)
+
+
+def split_side(tree):
+  """(meta tree, probe tree) of the side inputs (or their cotangents), each nested by the linears' paths."""
+  if tree is None:
+    return {}, {}
+  if "meta" in tree or "probe" in tree:
+    return tree.get("meta"), tree.get("probe")
+  metas, probes = {}, {}
+  for k, v in tree.items():
+    meta, probe = split_side(v)
+    if jax.tree.leaves(meta):
+      metas[k] = meta
+    if jax.tree.leaves(probe):
+      probes[k] = probe
+  return metas, probes
+
+
+def combine(a, b):
+  """Two microbatches' side cotangents: new states by max (they differ only in the newest amax), probes summed."""
+  is_meta = lambda path: any(getattr(k, "key", None) == "meta" for k in path)
+  return jax.tree_util.tree_map_with_path(lambda p, x, y: jnp.maximum(x, y) if is_meta(p) else x + y, a, b)

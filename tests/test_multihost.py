@@ -1,0 +1,136 @@
+"""Two processes as two hosts (tests/multihost.py): the same losses as one process, exact resume after both are
+killed, one stop decision for all hosts, resume onto another process count, and one restore step for all hosts.
+
+Every run is the real CLI; the processes share one 8-device mesh (4 simulated CPU devices each, gloo collectives).
+"""
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import multihost
+from jaxtrain import data
+from jaxtrain.metrics import read_metrics
+from tiny import tiny_config
+
+STEPS = 16
+OVERRIDES = {"train.steps": STEPS, "train.log_every": 1, "train.checkpoint_every": 4, "train.eval_every": 8,
+             "train.keep_checkpoints": 4, "mesh.data": 1, "mesh.fsdp": 8}  # FSDP over both processes
+
+# One worker runs them all (with `pytest -n 2 --dist loadgroup`): two runs of two processes at once on 2 cores
+# would skew a run's processes towards gloo's 30 s rendezvous limit, and the reference runs are shared.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multihost")]
+
+
+def losses(workdir):
+  return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+def checkpoints(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory, data_dir):
+  """(this worker's config path, a directory shared by all pytest-xdist workers for the reference runs)."""
+  mine = tmp_path_factory.getbasetemp()
+  root = (mine.parent if os.environ.get("PYTEST_XDIST_WORKER") else mine) / "multihost"
+  root.mkdir(exist_ok=True)
+  config = multihost.config_file(mine, data_dir, **OVERRIDES)
+  c = tiny_config(data_dir, **OVERRIDES)  # the token caches, built once here rather than by a run's first process
+  data.TrainData(c.data, seq_len=c.data.seq_len, global_batch=c.train.global_batch, seed=c.seed)
+  data.eval_batches(c.data, seq_len=c.data.seq_len, global_batch=c.train.global_batch, num_batches=1)
+  return config, str(root)
+
+
+@pytest.fixture(scope="session")
+def two_process_run(shared):
+  """The uninterrupted two-process run: its workdir (checkpoints at 4, 8, 12, 16)."""
+  config, root = shared
+  return multihost.once(os.path.join(root, "two"), lambda w: multihost.run(config, w, processes=2))
+
+
+@pytest.fixture(scope="session")
+def one_process_run(shared):
+  """The same run in one process of 8 devices."""
+  config, root = shared
+  return multihost.once(os.path.join(root, "one"), lambda w: multihost.run(config, w, processes=1))
+
+
+def copy_until(workdir, step, target):
+  """A copy of `workdir` as it would have been had the run stopped after checkpoint `step`."""
+  shutil.copytree(workdir, target)
+  for s in checkpoints(target):
+    if s > step:
+      shutil.rmtree(os.path.join(target, "checkpoints", str(s)))
+  return str(target)
+
+
+def test_two_processes_match_one(two_process_run, one_process_run):
+  two, one = losses(two_process_run), losses(one_process_run)
+  assert sorted(two) == list(range(1, STEPS + 1)) and sorted(one) == sorted(two)
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5)
+  assert two[STEPS] < two[1]  # it learned
+  assert checkpoints(two_process_run) == [4, 8, 12, 16]
+
+
+def test_both_killed_then_restarted_resume_exactly(shared, two_process_run, tmp_path):
+  config, _ = shared
+  workdir = str(tmp_path / "killed")
+  r = multihost.start(config, workdir, processes=2)
+  multihost.wait_for_checkpoint(r, workdir)
+  r.signal(multihost.SIGKILL)
+  assert r.wait() == [-multihost.SIGKILL] * 2
+  assert max(losses(workdir), default=0) < STEPS, "the run finished before it could be killed"
+  again = multihost.run(config, workdir, processes=2)
+  assert all("resumed from step" in log for log in again.logs), again.tails()
+  assert losses(workdir) == losses(two_process_run)  # bit-identical to the uninterrupted run
+
+
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(shared, two_process_run, tmp_path):
+  config, _ = shared
+  workdir = str(tmp_path / "stopped")
+  r = multihost.start(config, workdir, processes=2)
+  multihost.wait_for_checkpoint(r, workdir)
+  r.signal(multihost.SIGTERM, which=[1])  # a preemption notice to one host only
+  assert r.wait() == [0, 0], r.tails()
+  saved = [re.findall(r"saved step (\d+), exiting", log) for log in r.logs]
+  assert "received SIGTERM" in r.logs[1] and len(saved[0]) == len(saved[1]) == 1, r.tails()
+  step = int(saved[0][0])
+  assert int(saved[1][0]) == step < STEPS
+  assert checkpoints(workdir)[-1] == step  # the step both stopped at is on disk, newest
+  assert os.path.isfile(os.path.join(workdir, "checkpoints", str(step), "_CHECKPOINT_METADATA"))
+  again = multihost.run(config, workdir, processes=2)
+  assert all(f"resumed from step {step}" in log for log in again.logs), again.tails()
+  assert losses(workdir) == losses(two_process_run)
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_resume_onto_another_process_count(shared, two_process_run, one_process_run, tmp_path, before, after):
+  """A run checkpointed with `before` processes continues with `after` on the same data and the same losses."""
+  config, _ = shared
+  workdir = copy_until(two_process_run if before == 2 else one_process_run, 8, tmp_path / "moved")
+  r = multihost.run(config, workdir, processes=after)
+  assert all("resumed from step 8" in log for log in r.logs), r.tails()
+  got, want = losses(workdir), losses(two_process_run if before == 2 else one_process_run)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([got[s] for s in range(9, STEPS + 1)], [want[s] for s in range(9, STEPS + 1)],
+                             rtol=1e-5)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_one_step_on_both(shared, two_process_run, tmp_path):
+  config, _ = shared
+  workdir = copy_until(two_process_run, STEPS, tmp_path / "damaged")
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", str(STEPS), "state")):
+    for f in files:  # every array file of the newest step, emptied
+      if not f.endswith(".json") and "METADATA" not in f and f != "_sharding":
+        open(os.path.join(root, f), "wb").close()
+  r = multihost.run(config, workdir, processes=2)
+  for log in r.logs:
+    assert f"checkpoint step {STEPS} is unreadable" in log and "resumed from step 12" in log, r.tails()
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints")) == [str(STEPS)]  # moved once
+  assert checkpoints(workdir) == [4, 8, 12, 16]  # step 16 written again
+  assert losses(workdir) == losses(two_process_run)
