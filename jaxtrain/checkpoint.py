@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from jaxtrain import config as cfg_lib
 from jaxtrain import hosts
 from jaxtrain.config import ConfigError
+from jaxtrain.placement import layer_kinds
 
 log = logging.getLogger("jaxtrain")
 
@@ -216,9 +217,10 @@ def _shapes(tree) -> dict[str, tuple]:
 # function they compute. Every other model field, present or future, is semantic: a resume must not change it.
 # Sizes are compared as resolved (head_dim=None and head_dim=d_model/num_heads are the same model); a placement's
 # own knob only where the placement uses it.
+# Changing fp8_history changes the state's shapes, which the structure check refuses by itself.
 MAY_CHANGE = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention", "output", "init_std",
               "depth_scaled_init", "max_seq_len", "fp8", "fp8_grad_scale", "fp8_history")
-_ONLY_FOR = {"norm.mix_post_fraction": "mix", "norm.res_post_tau": "res_post"}
+_ONLY_FOR = {"norm.mix_post_fraction": "mix", "norm.mix_post_layers": "mix", "norm.res_post_tau": "res_post"}
 _RESOLVED = {"num_kv_heads": cfg_lib.num_kv_heads, "head_dim": cfg_lib.head_dim, "mlp_dim": cfg_lib.mlp_dim}
 
 
@@ -234,7 +236,13 @@ def _semantics(model: dict) -> dict:
         yield from leaves(v, key + ".")
       elif key not in MAY_CHANGE and _ONLY_FOR.get(key, placement) == placement:
         yield key, _RESOLVED[key](m) if key in _RESOLVED else v
-  return dict(leaves(model))
+  out = dict(leaves(model))
+  if placement == "mix":  # Mix-LN's split compared as its count of Post-LN layers: α = 0.25 of 8 equals 2 layers
+    n = m.norm
+    kinds = layer_kinds("mix", m.num_layers, n.mix_post_fraction, n.get("mix_post_layers"))
+    out = {k: v for k, v in out.items() if k not in ("norm.mix_post_fraction", "norm.mix_post_layers")}
+    out["norm.mix_post_layers (resolved)"] = kinds.count("post")
+  return out
 
 
 def _check_compatible(saved: dict, current: dict, saved_model: dict, model: dict, directory: str) -> None:

@@ -285,6 +285,22 @@ def test_resume_refuses_a_new_model_field_changed_and_other_data(tiny, tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
 
 
+def test_mix_ln_split_is_compared_as_its_layer_count():
+  """α = 0.25 of 8 layers and a count of 2 are the same model; a count of 3 is not; under pre neither matters."""
+  m = cfg_lib.base().model
+  m.update(num_layers=8)
+  m.norm.update(placement="mix", mix_post_fraction=0.25)
+  saved, same, other = m.to_dict(), m.to_dict(), m.to_dict()
+  same["norm"].update(mix_post_fraction=0.0, mix_post_layers=2)
+  other["norm"].update(mix_post_layers=3)
+  checkpoint._check_compatible({}, {}, saved, same, "ckpt")
+  with pytest.raises(cfg_lib.ConfigError, match=r"mix_post_layers \(resolved\): checkpoint 2 vs config 3"):
+    checkpoint._check_compatible({}, {}, saved, other, "ckpt")
+  for d in (saved, other):
+    d["norm"]["placement"] = "pre"
+  checkpoint._check_compatible({}, {}, saved, other, "ckpt")
+
+
 def test_raising_steps_warns_that_the_schedule_reshapes(tiny, tmp_path, caplog):
   train.train(tiny(train__steps=10), str(tmp_path), devices=ONE)
   train.train(tiny(train__steps=12), str(tmp_path), devices=ONE)

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxtrain import hosts
 from jaxtrain.data import permutation, token_cache
 from jaxtrain.data.errors import DataError
 
@@ -45,6 +46,7 @@ def _check_same_on_every_host(cache: token_cache.TokenCache, data_cfg) -> None:
   """Hosts that share no disk build their own caches: refuse to mix batches of different data (a collective)."""
   if jax.process_count() == 1:
     return
+  hosts.barrier("token cache")  # one host may have built the cache for minutes: meet before the collective
   sha = cache.meta["sha256"]
   digests_P32 = np.asarray(multihost_utils.process_allgather(np.frombuffer(bytes.fromhex(sha), np.uint8)))
   differ = [i for i, d in enumerate(digests_P32.reshape(jax.process_count(), -1)) if d.tobytes().hex() != sha]
