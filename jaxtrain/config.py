@@ -310,7 +310,8 @@ _CHOICES = {
 
 
 def validate(config, num_devices: int, vocab_size: int | None = None, platform: str | None = None,
-             process_count: int = 1, local_devices: int | None = None) -> dict[str, int]:
+             process_count: int = 1, local_devices: int | None = None,
+             compute_capability: str | None = None) -> dict[str, int]:
   """Checks everything that can be checked before compiling; returns the mesh shape.
 
   `platform` ('cpu', 'gpu', 'tpu'; None: not checked) rules out what the hardware cannot do.
@@ -392,7 +393,7 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
     raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=xla")
   if t.loss_dtype == "float64" and platform == "tpu":
     raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
-  _validate_mus_fp8(m, micro * d.seq_len, platform)
+  _validate_mus_fp8(m, micro * d.seq_len, platform, compute_capability)
   return mesh
 
 
@@ -466,8 +467,16 @@ def schedule_caveats(o, train_steps: int) -> list[str]:
 E5M2_MAX, GRAD_RMS_PER_UNIT_SCALE, GRAD_TAIL = 57344.0, 2.0, 64.0
 
 
-def _validate_mus_fp8(m, micro_tokens: int, platform) -> None:
-  """μnit Scaling and FP8: what the parametrization and the casts cannot run with (one line each)."""
+def _version(s: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in str(s).split(".") if p.isdigit())
+
+
+def _validate_mus_fp8(m, micro_tokens: int, platform, compute_capability=None) -> None:
+  """μnit Scaling and FP8: what the parametrization and the casts cannot run with (one line each).
+
+  `compute_capability` (a GPU's, e.g. '9.0'): FP8 GEMMs need sm_89 (Ada) or newer; older GPUs would silently fall
+  back to an emulated, slower path.
+  """
   if m.parametrization == "mus" and m.norm.placement != "res_post":
     raise ConfigError(f"model.parametrization=mus needs model.norm.placement=res_post, not {m.norm.placement!r}")
   if m.parametrization == "mus" and m.tie_embeddings:
@@ -477,6 +486,9 @@ def _validate_mus_fp8(m, micro_tokens: int, platform) -> None:
       raise ConfigError(f"model.mus.{key}={m.mus[key]} must be positive")
   if m.fp8 != "none" and platform == "tpu":
     raise ConfigError(f"model.fp8={m.fp8}: FP8 matmuls run on NVIDIA GPUs (sm_89+) or emulated on CPU; use none on TPU")
+  if m.fp8 != "none" and platform == "gpu" and compute_capability and _version(compute_capability) < (8, 9):
+    raise ConfigError(f"model.fp8={m.fp8}: this GPU (compute capability {compute_capability}) has no FP8 GEMMs, "
+                      "which need sm_89 (Ada, Hopper) or newer; use model.fp8=none here")
   if not m.fp8_history >= 1:
     raise ConfigError(f"model.fp8_history={m.fp8_history} must be >= 1")
   if not m.fp8_grad_scale >= 0:

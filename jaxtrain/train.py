@@ -266,7 +266,8 @@ def train(config, workdir: str, devices=None) -> dict:
   devices = list(devices or jax.devices())
   mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size, devices[0].platform,
                                 process_count=len({d.process_index for d in devices}),
-                                local_devices=sum(d.process_index == jax.process_index() for d in devices))
+                                local_devices=sum(d.process_index == jax.process_index() for d in devices),
+                                compute_capability=getattr(devices[0], "compute_capability", None))
 
   ##################################################################### Mesh
   mesh = sharding.make_mesh(mesh_shape, devices)

@@ -77,25 +77,28 @@ def _run_until_checkpoint_then(sig, config_path, workdir):
   return proc.returncode, out, err
 
 
-@pytest.mark.slow
-def test_exact_resume_after_sigkill(tmp_path, data_dir):
-  overrides = {"train.steps": 300, "train.log_every": 1, "train.eval_every": 1000, "train.checkpoint_every": 10,
-               "mesh.data": 1}
+def killed_and_resumed(tmp_path, data_dir, steps, **overrides):
+  """(losses of an uninterrupted CLI run, losses of the same run SIGKILLed after its first checkpoint and rerun)."""
+  overrides = {"train.steps": steps, "train.log_every": 1, "train.eval_every": 1000, "train.checkpoint_every": 10,
+               "mesh.data": 1, **overrides}
   config_path = _config_file(tmp_path, data_dir, **overrides)
   reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
   cmd, env = _cli(config_path, reference)
   done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
-
   code, _, _ = _run_until_checkpoint_then(signal.SIGKILL, config_path, killed)
   assert code == -signal.SIGKILL
-  before = losses_by_step(killed)
-  assert max(before, default=0) < 300, "the run finished before it could be killed"
+  assert max(losses_by_step(killed), default=0) < steps, "the run finished before it could be killed"
   cmd, env = _cli(config_path, killed)
   done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "resumed from step" in done.stderr
-  ref, got = losses_by_step(reference), losses_by_step(killed)
+  return losses_by_step(reference), losses_by_step(killed)
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path, data_dir):
+  ref, got = killed_and_resumed(tmp_path, data_dir, 300)
   assert sorted(got) == list(range(1, 301))
   assert got == ref  # bit-identical: same parameters, optimizer state and batches after the restart
 
