@@ -28,7 +28,7 @@ $(GPU_AOT)/.installed: $(VENV)/.installed
 	touch $@
 
 test: setup $(GPU_AOT)/.installed
-	JAXTRAIN_GPU_AOT=$(abspath $(GPU_AOT)) $(PY) -m pytest -n 2 --dist loadfile --durations=15 tests
+	JAXTRAIN_GPU_AOT=$(abspath $(GPU_AOT)) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: setup
 	$(PY) benchmarks/throughput.py

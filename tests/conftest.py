@@ -26,6 +26,6 @@ def tiny(data_dir):
 
 
 def pytest_collection_modifyitems(items):
-  """The two-process tests first: with `-n 2 --dist loadfile` one worker starts on them (the longest file) at once
-  while the other takes the rest, instead of them starting last."""
+  """The two-process tests first: with `-n 2 --dist loadfile --no-loadscope-reorder` (files in collection order, not
+  largest first) one worker starts on them, the longest file, at once while the other takes the rest."""
   items.sort(key=lambda item: item.fspath.basename != "test_multihost.py")
