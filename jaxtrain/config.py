@@ -448,15 +448,15 @@ def schedule_caveats(o, train_steps: int) -> list[str]:
   steps, warm, out = train_steps, o.warmup_steps, []
   if o.schedule_steps:
     return out
+  from jaxtrain import optim  # pylint: disable=import-outside-toplevel  # optim imports this module
+  end = float(optim.schedule(o, steps)(steps - 1))  # the last update's learning rate, from the schedule itself
   if warm > steps:
     out.append(f"optim.warmup_steps={warm} exceeds train.steps={steps}: running anyway, inside the warmup: the "
-               f"learning rate rises as for {warm} steps and ends at {o.lr * (steps - 1) / warm:.3g} "
+               f"learning rate rises as for {warm} steps and ends at {end:.3g} "
                f"({steps - 1}/{warm} of optim.lr={o.lr:g}), never decaying; lower optim.warmup_steps for the full "
                "curve")
   decay = round(o.decay_fraction * steps)
   if o.schedule == "wsd" and warm <= steps and warm + decay > steps:
-    last = steps - 1  # the last update's step: in the warmup when warm == steps, else in the decay
-    end = o.lr * last / warm if last < warm else o.lr + (o.lr * o.min_lr_ratio - o.lr) * (last - warm) / decay
     out.append(f"optim.schedule=wsd: warmup_steps={warm} plus the decay (decay_fraction·steps={decay}) exceed "
                f"train.steps={steps}: running anyway; the decay starts right after warmup and is cut off, ending at "
                f"{end:.3g} rather than min_lr_ratio·lr={o.lr * o.min_lr_ratio:.3g}")

@@ -456,7 +456,7 @@ def _warn_if_schedule_reshapes(config, saved_config: dict) -> None:
   o = config.optim
   saved_steps = saved_config.get("train", {}).get("steps")
   saved_schedule_steps = saved_config.get("optim", {}).get("schedule_steps", 0) or saved_steps
-  schedule_steps = o.get("schedule_steps", 0) or config.train.steps
+  schedule_steps = optim.schedule_length(config)
   if o.schedule != "constant" and saved_steps is not None and schedule_steps != saved_schedule_steps:
     log.warning("train.steps changed from %d (checkpoint) to %d: the %s schedule now spans %d steps, not %d, so the "
                 "learning rate jumps at the resume; set optim.schedule_steps=%d to keep the checkpoint's schedule",
