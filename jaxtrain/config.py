@@ -107,6 +107,7 @@ def base() -> ml_collections.ConfigDict:
       eval_every=200,
       eval_batches=8,
       checkpoint_every=200,
+      stop_check_every=10,     # multi-host: steps between the hosts' agreement on a signal (it waits for the step)
       keep_checkpoints=3,
       progress="auto",         # auto (bar on a terminal) | bar | log
       peak_flops=0.0,          # per-device peak FLOP/s for MFU; 0 = look up or measure
@@ -338,6 +339,7 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
               "data.seq_len": d.seq_len, "train.microbatches": t.microbatches, "train.log_every": t.log_every,
               "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches,
               "train.checkpoint_every": t.checkpoint_every, "train.keep_checkpoints": t.keep_checkpoints,
+              "train.stop_check_every": t.stop_check_every,
               "optim.lr": o.lr}
   # Optional sizes (None: derived) are checked as set, after the sizes they are derived from.
   positive |= {f"model.{k}": m[k] for k in ("num_kv_heads", "head_dim", "mlp_dim") if m[k] is not None}

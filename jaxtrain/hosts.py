@@ -12,6 +12,7 @@ numpy and cost nothing, so a single host runs the same code path.
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax
 import numpy as np
@@ -56,3 +57,24 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     ocp_multihost.sync_global_processes(f"jaxtrain:{name}:{next(_barriers)}", timeout=BARRIER_TIMEOUT,
                                         processes=set(range(jax.process_count())))
+
+
+def open_collectives(mesh: jax.sharding.Mesh) -> None:
+  """Runs one all-reduce over every group of `mesh` axes, with every host in step, on a multi-process CPU run.
+
+  Gloo (XLA's CPU collectives across processes) opens a device group's connection at its first collective and gives
+  every process 30 s to arrive there, whatever the XLA flags say. Before any step runs, hosts drift apart: one reads
+  a program from the compilation cache while another compiles it, a minute on a busy machine. Opened here, behind a
+  barrier, the groups are in place, and later collectives wait for a slow host as long as it takes.
+  """
+  if jax.process_count() == 1 or mesh.devices.flat[0].platform != "cpu":
+    return
+  names = [a for a in mesh.axis_names if mesh.shape[a] > 1]  # not empty: two processes hold two devices or more
+  groups = [tuple(a for i, a in enumerate(names) if k >> i & 1) for k in range(1, 2**len(names))]
+  spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  shmap = jax.shard_map(lambda x: sum(jax.lax.psum(x, g) for g in groups), mesh=mesh, in_specs=spec, out_specs=spec)
+  ones = jax.make_array_from_callback((math.prod(mesh.devices.shape),), jax.sharding.NamedSharding(mesh, spec),
+                                      lambda _: np.ones((1,), np.float32))
+  compiled = jax.jit(shmap).lower(ones).compile()
+  barrier("open_collectives")  # after compiling: every host arrives at the first collective together
+  jax.block_until_ready(compiled(ones))

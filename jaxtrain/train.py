@@ -271,6 +271,7 @@ def train(config, workdir: str, devices=None) -> dict:
 
   ##################################################################### Mesh
   mesh = sharding.make_mesh(mesh_shape, devices)
+  hosts.open_collectives(mesh)  # before hosts drift apart compiling at different speeds
   log.info("devices: %d x %s in %d process(es), mesh %s", len(devices), devices[0].device_kind,
            jax.process_count(), mesh_shape)
 
@@ -358,7 +359,9 @@ def train(config, workdir: str, devices=None) -> dict:
           clock.restart()
 
         ################################################################# Decide, once, on every host alike
-        stop = hosts.any_host(bool(signals.received))  # a signal on any host, seen by all at this same step
+        # A signal on any host, seen by all at this same step. On several hosts the all-gather waits for the step
+        # it follows, so it runs every stop_check_every steps, letting the others queue behind their predecessor.
+        stop = (jax.process_count() == 1 or step % t.stop_check_every == 0) and hosts.any_host(bool(signals.received))
         actions = {name for name, due in (
             ("log", step % t.log_every == 0 or step == t.steps),
             ("save", step % t.checkpoint_every == 0 or step == t.steps or stop),

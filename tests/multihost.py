@@ -22,6 +22,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240  # seconds a whole run may take before it counts as hung
+DEVICE_COUNT = "--xla_force_host_platform_device_count"
 
 
 def free_port() -> int:
@@ -98,12 +99,8 @@ def start(config_path: str, workdir: str, *, processes: int = 2, devices: int = 
   port = free_port()
   procs = []
   for i in range(processes):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes}")
-    if processes > 1:
-      # No persistent compilation cache: one process finding a program there while another compiles it puts them
-      # further apart than the 30 s gloo gives the first run of a collective program to find every process
-      # (seen on a loaded machine), and JAX_SHARE_BINARY_BETWEEN_HOSTS hangs when only one process hits the cache.
-      env.update(JAX_ENABLE_COMPILATION_CACHE="false")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT)]  # conftest's
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags + [f"{DEVICE_COUNT}={devices // processes}"]))
     cmd = [sys.executable, "-m", "jaxtrain", f"--config={config_path}", f"--workdir={workdir}", *extra]
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
