@@ -23,6 +23,22 @@ weight norm and the gradient-weight cosine (before the update), and after each
 chunk the train and test accuracy and loss. Output activation, loss dtype,
 optimizer, ⊥Grad and weight decay are config switches (`config()`).
 
+Adam's state precision (`opt_dtype`). XLA on CPU flushes subnormal floats to
+zero, PyTorch keeps them. In float32 a gradient entry below ~3e-18 then adds
+exactly 0 to Adam's second moment ν ((1-β2)·g² < 1.2e-38, the smallest normal
+float32) while the first moment m stays non-zero, and once ν has decayed to 0
+the update m̂/(√ν̂ + ε) with the official ε = 1e-25 is ~g/ε: a step of ~1e3
+for g = 1e-20 where Adam means ~lr. `opt_dtype="float64"` keeps m, ν and the
+update arithmetic in float64 (x64 mode, scoped to `train`), where g² needs
+|g| < 1e-154 to underflow; parameters, model and loss are unchanged.
+`opt_dtype="float32_ieee"` is torch.optim.AdamW's float32 arithmetic with
+subnormals kept (emulated in float64), the official code's optimizer: there ν
+reaches 0 only for |g| ≲ 1e-21.
+`opt_stats` records per step the share of ν entries that are exactly 0, the
+entries with ν = 0 but m ≠ 0, the smallest non-zero ν, the gradient's
+smallest non-zero and largest magnitudes, the share of non-zero gradient
+entries in the flush band, and the largest |Δθ| of the step.
+
 Names carry shapes: B examples, S = 2 operand positions, D d_model, H heads,
 K head_dim, F mlp width, V classes, I input features, W hidden width.
 """
@@ -32,6 +48,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +62,9 @@ from jaxtrain import config as cfg_lib
 from jaxtrain.orthograd import orthograd
 
 log = logging.getLogger("jaxtrain")
+
+
+OPT_DTYPES = ("float32", "float64", "float32_ieee")
 
 
 def config(**overrides) -> ml_collections.ConfigDict:
@@ -71,6 +91,7 @@ def config(**overrides) -> ml_collections.ConfigDict:
       eps=1e-25,               # the official default; optax's 1e-8 damps the tiny late gradients
       weight_decay=0.0,        # AdamW: decoupled (lr·wd·θ); SGD: L2 added to the gradient
       momentum=0.0,            # SGD
+      opt_dtype="float32",     # float32 | float64 | float32_ieee: Adam's state and arithmetic (x64 scoped to train)
       steps=1000,
       log_every=100,           # steps per jitted chunk; test metrics after each
       seed=0,                  # parameter init and dropout
@@ -79,6 +100,11 @@ def config(**overrides) -> ml_collections.ConfigDict:
     if key not in c:
       raise cfg_lib.unknown_key(key, list(c), schema="jaxtrain.grokking.config()")
   c.update(overrides)
+  if c.opt_dtype not in OPT_DTYPES:
+    raise cfg_lib.ConfigError(f"opt_dtype={c.opt_dtype!r}: use one of {', '.join(OPT_DTYPES)}")
+  if c.opt_dtype != "float32" and c.optimizer != "adamw":
+    raise cfg_lib.ConfigError(f"opt_dtype={c.opt_dtype} is for Adam's state; optimizer={c.optimizer!r} has none: "
+                              "use optimizer=adamw or opt_dtype=float32")
   c.lock()  # a later typo'd assignment is an error too
   return c
 
@@ -226,10 +252,87 @@ def load_data(c) -> dict[str, dict[str, np.ndarray]]:
   raise ValueError(f"unknown task {c.task!r}; use modular or parity")
 
 
+def in_dtype(tx: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+  """`tx` with its state and arithmetic in `dtype`: gradients and parameters cast in, updates cast back.
+
+  For float64, x64 mode must be on while it is traced and run (`train` turns it on for opt_dtype=float64).
+  """
+  cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+
+  def init_fn(params):
+    return tx.init(cast(params))
+
+  def update_fn(updates, state, params=None):
+    new, state = tx.update(cast(updates), state, None if params is None else cast(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def round_float32(x):
+  """float64 `x` rounded to the nearest float32 value, subnormals included, as IEEE float32 arithmetic rounds.
+
+  XLA on CPU flushes float32 subnormals to zero, so they are kept in float64: normal values through a float32
+  cast, the rest to the nearest multiple of 2^-149 (the subnormal spacing; round half to even as IEEE).
+  Rounding a float64 result of +, −, ×, ÷, √ on float32 values this way gives the correctly rounded float32
+  result (float64 has more than 2·24 + 2 bits), so a chain of such ops reproduces float32 arithmetic.
+  """
+  q = 2.0 ** -149
+  normal = jnp.abs(x) >= float(jnp.finfo(jnp.float32).tiny)
+  return jnp.where(normal, x.astype(jnp.float32).astype(x.dtype), jnp.round(x / q) * q)
+
+
+class TorchAdamState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def adamw_float32_ieee(lr, b1, b2, eps, weight_decay=0.0) -> optax.GradientTransformation:
+  """torch.optim.AdamW's single-tensor step in float32 with subnormals kept (the official code's optimizer).
+
+  State and arithmetic are float64 holding float32 values, every result rounded by `round_float32`, in
+  torch's order: m ← m + (g − m)(1−β1); ν ← ν·β2 + (1−β2)·g·g; Δ = −(lr/bc1)·m / (√ν/√bc2 + ε); the
+  decoupled decay −lr·wd·θ is added to Δ (torch scales θ by 1 − lr·wd first: the same to first order).
+  Needs x64 mode (`train` turns it on for opt_dtype=float32_ieee).
+  """
+  r, f32 = round_float32, lambda v: float(np.float32(v))
+
+  def init_fn(params):
+    zeros = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float64), params)
+    return TorchAdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
+
+  def update_fn(grads, state, params):
+    t = state.count + 1
+    tf = t.astype(jnp.float64)
+    bc1, bc2 = 1 - b1 ** tf, 1 - b2 ** tf
+    step, root = r(-lr / bc1), r(jnp.sqrt(bc2))  # torch: Python floats, cast to float32 in the tensor ops
+
+    def one(g, m, v, p):
+      g = g.astype(jnp.float64)
+      m = r(m + r(r(g - m) * f32(1 - b1)))
+      v = r(r(v * f32(b2)) + r(r(f32(1 - b2) * g) * g))
+      denom = r(r(r(jnp.sqrt(v)) / root) + f32(eps))
+      u = r(r(step * m) / denom)
+      if weight_decay:
+        u = u - r(lr * weight_decay * p.astype(jnp.float64))
+      return u.astype(p.dtype), m, v
+
+    out = jax.tree.map(one, grads, state.mu, state.nu, params)
+    pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)
+    return pick(0), TorchAdamState(t, pick(1), pick(2))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(c) -> optax.GradientTransformation:
-  """AdamW (decoupled decay) or SGD (momentum, L2), each optionally behind ⊥Grad; constant lr."""
-  if c.optimizer == "adamw":
+  """AdamW (decoupled decay; state in `opt_dtype`) or SGD (momentum, L2), each optionally behind ⊥Grad; constant lr."""
+  if c.optimizer == "adamw" and c.opt_dtype == "float32_ieee":
+    base = adamw_float32_ieee(c.lr, c.b1, c.b2, c.eps, c.weight_decay)
+  elif c.optimizer == "adamw":
     base = optax.adamw(c.lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+    if c.opt_dtype == "float64":
+      base = in_dtype(base, jnp.float64)
   elif c.optimizer == "sgd":  # torch.optim.SGD's weight_decay adds wd·θ to the gradient
     base = optax.chain(optax.add_decayed_weights(c.weight_decay),
                        optax.sgd(c.lr, momentum=c.momentum or None))
@@ -239,6 +342,38 @@ def make_optimizer(c) -> optax.GradientTransformation:
 
 
 # ---------------------------------------------------------------- training
+
+
+def ftz_threshold(b2: float) -> float:
+  """|g| below which (1 - β2)·g² is under float32's smallest normal: flushed to 0 by XLA on CPU."""
+  return math.sqrt(float(jnp.finfo(jnp.float32).tiny) / (1 - b2))
+
+
+def opt_stats(grads, opt_state, updates, b2: float) -> dict[str, jax.Array]:
+  """Adam's health for one step: `opt_state` after the update (its ν is the one `updates` divided by).
+
+  - nu_zero_fraction: share of all ν entries that are exactly 0;
+  - nu_zero_m_nonzero: how many entries have ν = 0 but m ≠ 0 (their step is lr·m̂/ε);
+  - nu_min: the smallest non-zero ν (inf when none);
+  - grad_min, grad_max: the smallest non-zero and the largest |g| (grad_min inf when g = 0);
+  - grad_ftz_fraction: share of non-zero gradient entries with |g| < `ftz_threshold(b2)`;
+  - update_max: the largest |Δθ| of the step.
+  Computed in the state's dtype; pass an optax Adam state (found by its `nu`, `mu` fields).
+  """
+  cat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
+  nu, mu = cat(optax.tree_utils.tree_get(opt_state, "nu")), cat(optax.tree_utils.tree_get(opt_state, "mu"))
+  g, u = jnp.abs(cat(grads)), jnp.abs(cat(updates))
+  inf = jnp.asarray(jnp.inf, nu.dtype)
+  nonzero_g = g > 0
+  return {
+      "nu_zero_fraction": jnp.mean((nu == 0).astype(jnp.float32)),
+      "nu_zero_m_nonzero": jnp.sum((nu == 0) & (mu != 0)),
+      "nu_min": jnp.min(jnp.where(nu > 0, nu, inf)),
+      "grad_min": jnp.min(jnp.where(nonzero_g, g, jnp.asarray(jnp.inf, g.dtype))),
+      "grad_max": jnp.max(g),
+      "grad_ftz_fraction": jnp.sum(nonzero_g & (g < ftz_threshold(b2))) / jnp.maximum(jnp.sum(nonzero_g), 1),
+      "update_max": jnp.max(u),
+  }
 
 
 def make_fns(c, graphdef, tx):
@@ -256,7 +391,11 @@ def make_fns(c, graphdef, tx):
     w_norm, w_norms = collapse.weight_norms(params)
     cos, coss = collapse.grad_weight_cosine(grads, params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    metrics = {"loss": aux["ce"], "accuracy": aux["accuracy"], "sc_fraction": aux["sc_fraction"],
+    if c.optimizer == "adamw":
+      metrics = {f"opt/{k}": v for k, v in opt_stats(grads, opt_state, updates, c.b2).items()}
+    else:
+      metrics = {}
+    metrics |= {"loss": aux["ce"], "accuracy": aux["accuracy"], "sc_fraction": aux["sc_fraction"],
                "zero_loss_fraction": aux["zero_loss_fraction"], "weight_norm": w_norm,
                "grad_weight_cos": cos, "grad_norm": optax.tree.norm(grads),
                **collapse.flatten(w_norms, "weight_norm"), **collapse.flatten(coss, "grad_weight_cos")}
@@ -279,47 +418,82 @@ def make_fns(c, graphdef, tx):
   return jax.jit(run_chunk, donate_argnums=0), jax.jit(evaluate)
 
 
-def train(c, data=None, *, verbose: bool = True) -> dict:
+def train(c, data=None, *, verbose: bool = True, state=None, save_at=()) -> dict:
   """Trains config `c` full-batch; returns its history as numpy arrays.
 
-  `history['step']` (1..steps) indexes the per-step metrics (loss, accuracy,
+  `history['step']` indexes the per-step metrics (loss, accuracy,
   sc_fraction, zero_loss_fraction, weight_norm, grad_weight_cos, grad_norm,
-  and per-tensor `weight_norm/<name>`, `grad_weight_cos/<name>`);
+  per-tensor `weight_norm/<name>`, `grad_weight_cos/<name>`, and for AdamW
+  the `opt/<name>` statistics of `opt_stats`);
   `history['eval']` holds `step`, `train_accuracy`, `test_accuracy`,
-  `train_loss`, `test_loss` after every chunk (and at step 0), and
+  `train_loss`, `test_loss` after every chunk (and at the first step), and
   `history['seconds_per_step']` the training chunks' wall time per step
   (compile and evaluation excluded), `history['seconds']` everything's.
+
+  `state` (a `history['states']` entry: params, opt_state, step) continues a
+  run from that step to `c.steps`; its optimizer state is cast to `opt_dtype`,
+  so a float32 run can be continued with float64 or float32_ieee Adam state. `save_at`: steps
+  (multiples of `log_every`) whose full state goes to `history['states'][step]`
+  as numpy arrays.
   """
   if c.steps % c.log_every:
     raise ValueError(f"steps={c.steps} is not a multiple of log_every={c.log_every}")
+  if any(s % c.log_every for s in save_at):
+    raise ValueError(f"save_at={list(save_at)}: every step must be a multiple of log_every={c.log_every}")
+  # x64 mode for float64 Adam state (float32_ieee keeps float32 values in float64), for tracing and running alike
+  with losses._precision("float32" if c.opt_dtype == "float32" else "float64"):
+    return _train(c, data, verbose, state, set(save_at))
+
+
+def _train(c, data, verbose, state, save_at):
   data = data if data is not None else load_data(c)
   data = jax.tree.map(jnp.asarray, data)
   graphdef, params = make_model(c, jax.random.key(c.seed))
   tx = make_optimizer(c)
-  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  if state is None:
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  else:
+    fresh, saved = tx.init(params), state["opt_state"]
+    if jax.tree.structure(fresh) != jax.tree.structure(saved):  # another Adam: carry its count, m and ν over
+      get = lambda name: optax.tree_utils.tree_get(saved, name)
+      saved = optax.tree_utils.tree_set(fresh, count=get("count"), mu=get("mu"), nu=get("nu"))
+    opt_state = jax.tree.map(lambda f, x: jnp.asarray(x, f.dtype), fresh, saved)
+    state = {"params": jax.tree.map(jnp.asarray, state["params"]), "opt_state": opt_state,
+             "step": jnp.asarray(state["step"], jnp.int32)}
+  start = int(state["step"])
+  if start >= c.steps or (c.steps - start) % c.log_every:
+    raise ValueError(f"cannot continue from step {start} to steps={c.steps} in chunks of log_every={c.log_every}")
   run_chunk, evaluate = make_fns(c, graphdef, tx)
 
   t0 = time.perf_counter()
   x, y = data["train"]["inputs"], data["train"]["labels"]
   run_chunk = run_chunk.lower(state, x, y).compile()  # ahead of time, to keep it out of the step time
-  per_step, evals = [], [{"step": 0, **jax.device_get(evaluate(state["params"], data))}]
-  seconds = 0.0
-  for chunk in range(c.steps // c.log_every):
+  per_step, evals = [], [{"step": start, **jax.device_get(evaluate(state["params"], data))}]
+  states, seconds = {}, 0.0
+  for chunk in range((c.steps - start) // c.log_every):
     t = time.perf_counter()
     state, metrics = run_chunk(state, x, y)
     metrics = jax.device_get(metrics)
     seconds += time.perf_counter() - t
-    ev = {"step": (chunk + 1) * c.log_every, **jax.device_get(evaluate(state["params"], data))}
+    ev = {"step": start + (chunk + 1) * c.log_every, **jax.device_get(evaluate(state["params"], data))}
     per_step.append(metrics)
     evals.append(ev)
+    if ev["step"] in save_at:
+      states[ev["step"]] = jax.device_get(state)
     if verbose:
-      log.info("step %6d  loss %.3g  train %.4f  test %.4f  SC %.3f  |θ| %.1f  cos %.3f",
+      extra = ""
+      if "opt/nu_zero_fraction" in metrics:
+        extra = "  ν=0 %.2e (m≠0: %d)  |Δθ|max %.3g  |g| %.2g..%.2g" % (
+            metrics["opt/nu_zero_fraction"][-1], metrics["opt/nu_zero_m_nonzero"].max(),
+            metrics["opt/update_max"].max(), metrics["opt/grad_min"].min(), metrics["opt/grad_max"][-1])
+      log.info("step %6d  loss %.3g  train %.4f  test %.4f  SC %.3f  |θ| %.1f  cos %.3f%s",
                ev["step"], metrics["loss"][-1], ev["train_accuracy"], ev["test_accuracy"],
-               metrics["sc_fraction"][-1], metrics["weight_norm"][-1], metrics["grad_weight_cos"][-1])
+               metrics["sc_fraction"][-1], metrics["weight_norm"][-1], metrics["grad_weight_cos"][-1], extra)
   history = {k: np.concatenate([m[k] for m in per_step]) for k in per_step[0]}
-  history["step"] = np.arange(1, c.steps + 1)
+  history["step"] = np.arange(start + 1, c.steps + 1)
   history["eval"] = {k: np.array([e[k] for e in evals]) for k in evals[0]}
-  history["seconds_per_step"] = seconds / c.steps
+  history["states"] = states
+  history["seconds_per_step"] = seconds / (c.steps - start)
   history["seconds"] = time.perf_counter() - t0
   return history
 

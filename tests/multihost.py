@@ -23,6 +23,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240  # seconds a whole run may take before it counts as hung
 DEVICE_COUNT = "--xla_force_host_platform_device_count"
+# LLVM's optimizations off: these tiny runs are mostly compiling, which then takes half the CPU time (tiny config,
+# one process: 33.5 s -> 15.6 s of CPU, the same losses to the last digit). Not for the rest of the suite: a d=256
+# step runs 2.4x slower this way (benchmarks/throughput.py, 2026-11-29), and some tests train for a while.
+FAST_COMPILE = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
 
 
 def free_port() -> int:
@@ -100,7 +104,8 @@ def start(config_path: str, workdir: str, *, processes: int = 2, devices: int = 
   procs = []
   for i in range(processes):
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT)]  # conftest's
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags + [f"{DEVICE_COUNT}={devices // processes}"]))
+    flags += FAST_COMPILE + [f"{DEVICE_COUNT}={devices // processes}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
     cmd = [sys.executable, "-m", "jaxtrain", f"--config={config_path}", f"--workdir={workdir}", *extra]
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))

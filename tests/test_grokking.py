@@ -99,3 +99,94 @@ def test_orthograd_adamw_generalizes(data_dir):
   assert ortho["eval"]["train_accuracy"][-1] == 1 and plain["eval"]["train_accuracy"][-1] == 1
   assert grokking.first_step_at(ortho, "test_accuracy", 0.95) is not None, ortho["eval"]["test_accuracy"]
   assert plain["eval"]["test_accuracy"].max() < 0.2
+
+
+# ---------------------------------------------------------------- Adam in float64 and its diagnostics
+
+
+def _adam_step(tx, grads, dtype):
+  from jaxtrain import losses
+  with losses._precision(dtype):  # float64 arrays exist only in x64 mode
+    params = jax.tree.map(jnp.zeros_like, grads)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    return jax.device_get(updates), jax.device_get(state)
+
+
+def test_float64_adam_state_differs_only_where_nu_underflows():
+  """The first Adam step is ±lr·g/(|g| + ε) ≈ ±lr. For g = 1e-20, g² = 1e-40 is a float32 subnormal that XLA on
+  CPU flushes to 0, so float32 Adam steps by lr·g/ε = 1e3 (ε = 1e-25); float64 state keeps ν and steps by lr."""
+  g = {"w": jnp.array([1e-3, -1e-10, 1e-20, 0.0, -4e-19], jnp.float32)}
+  c = grokking.config(lr=0.01, b2=0.999, eps=1e-25)
+  u32, s32 = _adam_step(grokking.make_optimizer(c), g, "float32")
+  u64, s64 = _adam_step(grokking.make_optimizer(grokking.config(lr=0.01, b2=0.999, eps=1e-25, opt_dtype="float64")),
+                        g, "float64")
+  assert u64["w"].dtype == np.float32 and s64[0].nu["w"].dtype == np.float64   # state float64, updates cast back
+  np.testing.assert_allclose(u64["w"], [-0.01, 0.01, -0.01, 0.0, 0.01], rtol=1e-5)
+  normal = np.array([True, True, False, True, False])                       # (1-β2)g² ≥ float32's smallest normal
+  np.testing.assert_allclose(u32["w"][normal], u64["w"][normal], rtol=1e-4)  # float32 vs float64 rounding
+  assert s32[0].nu["w"][2] == 0 and s32[0].mu["w"][2] != 0, "XLA on CPU no longer flushes subnormals?"
+  np.testing.assert_allclose(u32["w"][~normal], [-1e3, 4e4], rtol=1e-3)     # lr·g/ε: the explosion
+  assert grokking.ftz_threshold(0.999) == pytest.approx(3.43e-18, rel=1e-2)
+  assert np.abs(g["w"][~normal]).max() < grokking.ftz_threshold(0.999) < np.abs(g["w"][1])
+
+
+def test_opt_stats_on_a_hand_made_state():
+  tx = grokking.make_optimizer(grokking.config(b2=0.999))
+  params = {"a": jnp.zeros((2, 2)), "b": jnp.zeros((3,))}
+  state = tx.init(params)
+  mu = {"a": jnp.array([[1e-21, 0.0], [2.0, 0.0]]), "b": jnp.array([0.0, 5e-3, 1.0])}
+  nu = {"a": jnp.array([[0.0, 0.0], [4e-6, 1e-30]]), "b": jnp.array([0.0, 0.0, 3e-9])}
+  state = (state[0]._replace(mu=mu, nu=nu),) + state[1:]
+  grads = {"a": jnp.array([[1e-20, 0.0], [-2e-3, 0.0]]), "b": jnp.array([0.0, -1e-19, 4e-2])}
+  updates = {"a": jnp.array([[-3.0, 0.0], [0.01, 0.0]]), "b": jnp.array([0.0, 7.5, -0.02])}
+  s = jax.device_get(jax.jit(lambda *a: grokking.opt_stats(*a, b2=0.999))(grads, state, updates))
+  assert s["nu_zero_fraction"] == pytest.approx(4 / 7)                      # ν = 0 in 4 of 7 entries
+  assert s["nu_zero_m_nonzero"] == 2                                        # a[0,0] and b[1]: m ≠ 0, ν = 0
+  assert s["nu_min"] == np.float32(1e-30)
+  assert s["grad_min"] == np.float32(1e-20) and s["grad_max"] == np.float32(4e-2)
+  assert s["grad_ftz_fraction"] == pytest.approx(2 / 4)                     # 1e-20 and 1e-19 of 4 non-zero
+  assert s["update_max"] == np.float32(7.5)
+  with pytest.raises(grokking.cfg_lib.ConfigError, match="opt_dtype"):
+    grokking.config(opt_dtype="bfloat16")
+  with pytest.raises(grokking.cfg_lib.ConfigError, match="adamw"):
+    grokking.config(opt_dtype="float64", optimizer="sgd")
+
+
+def test_train_continues_from_a_saved_state(data_dir):
+  """A run continued from its step-4 state repeats the uninterrupted run; continued with float64 Adam it runs on."""
+  common = dict(p=11, output="stablemax", loss_dtype="float64", b2=0.999, steps=8, log_every=4, data_dir=data_dir)
+  data = grokking.load_data(grokking.config(**common))
+  h = grokking.train(grokking.config(**common), data, verbose=False, save_at=(4,))
+  state = h["states"][4]
+  assert set(h["states"]) == {4} and int(state["step"]) == 4 and state["opt_state"][0].nu["w1"].dtype == np.float32
+  again = grokking.train(grokking.config(**common), data, verbose=False, state=state)
+  assert again["step"].tolist() == [5, 6, 7, 8] and again["eval"]["step"].tolist() == [4, 8]
+  np.testing.assert_array_equal(again["loss"], h["loss"][4:])
+  np.testing.assert_array_equal(again["opt/update_max"], h["opt/update_max"][4:])
+  wide = grokking.train(grokking.config(opt_dtype="float64", **common), data, verbose=False, state=state)
+  assert wide["opt/nu_min"].dtype == np.float64
+  np.testing.assert_allclose(wide["loss"], h["loss"][4:], rtol=1e-4)       # same run, Adam's arithmetic in float64
+  ieee = grokking.train(grokking.config(opt_dtype="float32_ieee", **common), data, verbose=False, state=state)
+  np.testing.assert_allclose(ieee["loss"], h["loss"][4:], rtol=1e-4)       # optax's m, ν carried into torch's Adam
+  with pytest.raises(ValueError, match="multiple of log_every"):
+    grokking.train(grokking.config(**common), data, save_at=(3,))
+
+
+def test_float32_ieee_adam_keeps_subnormals_as_pytorch():
+  """opt_dtype=float32_ieee: torch.optim.AdamW's float32 arithmetic with subnormals, checked against numpy float32
+  (which keeps them): ν = 1e-43 for g = 1e-20 (XLA's float32 flushes it to 0), and ν = 0 only below ~1e-21."""
+  from jaxtrain import losses
+  x = np.array([1e-40, 1e-20 ** 2, 3e-45, 1e-46, 1.5, 1e-39 + 1e-45, -7e-42])
+  with losses._precision("float64"):
+    np.testing.assert_array_equal(jax.jit(grokking.round_float32)(jnp.asarray(x)), x.astype(np.float32))
+  g32 = np.array([1e-3, -1e-10, 1e-20, 0.0, -4e-19, 1e-22], np.float32)
+  u, s = _adam_step(grokking.make_optimizer(grokking.config(lr=0.01, b2=0.999, eps=1e-25, opt_dtype="float32_ieee")),
+                    {"w": jnp.asarray(g32)}, "float64")
+  with np.errstate(under="ignore"):                                        # numpy: one torch AdamW step at t = 1
+    m, v = g32 * np.float32(0.1), np.float32(0.001) * g32 * g32
+    want = np.float32(-0.01 / 0.1) * m / (np.sqrt(v) / np.float32(np.sqrt(0.001)) + np.float32(1e-25))
+  np.testing.assert_array_equal(s.nu["w"], v.astype(np.float64))
+  assert s.nu["w"][2] > 0 and s.nu["w"][5] == 0                            # 1e-43 kept; 1e-47 rounds to 0
+  np.testing.assert_allclose(u["w"], want, rtol=1e-6)
+  np.testing.assert_allclose(u["w"][:5], [-0.01, 0.01, -0.01, 0.0, 0.01], rtol=1e-2)
+  assert u["w"][5] == pytest.approx(-1e-22 / 1e-25 * 0.01 * 0.1 / 0.1, rel=1e-3)  # below subnormals: lr·g/ε here too

@@ -1,0 +1,53 @@
+"""The μnit Scaling study's model: shallow, as the paper's transfer models (4 layers there, 2 here), at one width.
+
+  python -m jaxtrain --config=experiments/munit/config.py:mus --workdir=runs/mus              # μS, float32
+  python -m jaxtrain --config=experiments/munit/config.py:sp,gpu --workdir=runs/sp_gpu         # SP, the GPU size
+  ... --config.model.d_model=128 --config.model.num_heads=8 --config.optim.lr=0.0625         # another width / η
+
+The argument is `<parametrization>[,<size>]`: `mus` (unit init, static 1/√fan_in multipliers, Res-Post-LN with
+τ = 0.4, hidden η·√(d_base/fan_in): `optim.lr_rule=mus`) or `sp` (N(0, 0.02²) init, Pre-LN, every group
+η·d_base/d_model: `optim.lr_rule=sp`, the paper's SP transfer rule, §3.2); size `cpu` (default), `smoke` or `gpu`.
+Both use what the paper uses for every model (§3.1, A.4): Lion, fully decoupled weight decay, cosine to 10%, GELU,
+LayerNorm, an untied head, multi-head attention; FP8 is off (`--config.model.fp8=static|delayed` turns it on).
+d_base is the smallest width of the study's sweep (the paper's base, 256, was its smallest too), so `optim.lr` is
+the rate at d_base and the rate that transfers. The width is changed with d_model and num_heads together (head_dim
+fixed at 16 on CPU, 64 on GPU: the head count grows with width, as in the paper's models).
+No gradient clipping (the paper names none; Lion's update is a sign, and a clip threshold would act differently on
+SP's and μS's gradient scales). λ = 2⁻¹³ (fully decoupled: the per-step shrinkage) at every width, for both: the
+paper also halves SP's λ when it transfers (λ_new = 0.5·λ_base); we keep λ fixed and sweep only η.
+"""
+
+from jaxtrain.config import ConfigError, base
+
+# size: (d_base = smallest width, head_dim, layers, seq_len, batch, steps, eval_batches, compute dtype)
+SIZES = {
+    "cpu": dict(d_base=32, head_dim=16, layers=2, seq_len=64, batch=8, steps=200, eval_batches=16, dtype="float32"),
+    "smoke": dict(d_base=16, head_dim=8, layers=1, seq_len=32, batch=8, steps=20, eval_batches=2, dtype="float32"),
+    # The paper's transfer models: 4 layers, widths 256-8192, 10k steps of 64 x 1024 tokens on H100s. Scaled to one
+    # GPU and a sweep of ~100 points: widths 256-2048, 2k steps of 32 x 512 tokens, bfloat16 compute.
+    "gpu": dict(d_base=256, head_dim=64, layers=4, seq_len=512, batch=32, steps=2000, eval_batches=32,
+                dtype="bfloat16"),
+}
+
+
+def get_config(arg="mus"):
+  param, _, size = (arg or "mus").partition(",")
+  size = size or "cpu"
+  if param not in ("mus", "sp") or size not in SIZES:
+    raise ConfigError(f"unknown variant {arg!r}: use '<mus|sp>[,<cpu|smoke|gpu>]'")
+  s = SIZES[size]
+  c = base()
+  d = s["d_base"]
+  c.model.update(d_model=d, num_heads=d // s["head_dim"], num_layers=s["layers"], max_seq_len=s["seq_len"],
+                 mlp="gelu", tie_embeddings=False, compute_dtype=s["dtype"], parametrization=param)
+  c.model.norm.update(kind="layernorm", placement="res_post" if param == "mus" else "pre", res_post_tau=0.4)
+  c.model.mus.update(d_base=d)
+  c.data.update(name="pystdlib", seq_len=s["seq_len"])
+  steps = s["steps"]
+  c.train.update(steps=steps, global_batch=s["batch"], log_every=max(1, steps // 20), eval_every=steps,
+                 eval_batches=s["eval_batches"], checkpoint_every=steps, progress="log",
+                 peak_flops=0.0 if size == "gpu" else 3e10)  # CPU: skip the per-run peak measurement (MFU unused)
+  c.optim.update(name="lion", lr_rule=param, lr=1e-2 if param == "mus" else 1e-3, weight_decay=2.0**-13,
+                 weight_decay_mode="independent", warmup_steps=max(1, steps // 10), schedule="cosine",
+                 min_lr_ratio=0.1, clip_norm=0.0)
+  return c

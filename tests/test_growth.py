@@ -1,0 +1,274 @@
+"""Growth operators: function preservation to float32 rounding, the depth maps, the optimizer state, bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtrain import config as cfg_lib
+from jaxtrain import growth, model, optim
+from jaxtrain.config import ConfigError
+
+
+def small(**change):
+  m = cfg_lib.base().model
+  m.update(vocab_size=64, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=32)
+  norm = change.pop("norm", {})
+  m.update(change)
+  m.norm.update(norm)
+  return m
+
+
+def perturbed(m, seed=0):
+  """Trained-looking parameters: init plus noise, so gains are not 1 and nothing is conveniently zero."""
+  params = model.init(m, jax.random.key(seed))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+def logits(m, params, tokens):
+  return _forward(model.abstract(m)[0])(params, tokens)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(graphdef):
+  return jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
+
+
+TOKENS = jax.random.randint(jax.random.key(7), (2, 16), 0, 64)
+KEY = jax.random.key(3)
+
+# Each function-preserving operator, growing whatever model it is given (so that they chain).
+EXACT_OPS = {
+    "expand_mlp": lambda m, p: growth.expand_mlp(m, p, KEY, mlp_dim=cfg_lib.mlp_dim(m) + 32),
+    "split_mlp": lambda m, p: growth.split_mlp(m, p, KEY, mlp_dim=cfg_lib.mlp_dim(m) + 32),
+    "add_heads_to_groups": lambda m, p: growth.add_heads(m, p, KEY, num_heads=m.num_heads * 3 // 2),  # R 2 -> 3
+    "add_kv_groups": lambda m, p: growth.add_heads(m, p, KEY, num_heads=2 * m.num_heads,
+                                                   num_kv_heads=2 * cfg_lib.num_kv_heads(m)),
+    "expand_head_dim": lambda m, p: growth.expand_head_dim(m, p, KEY, head_dim=2 * cfg_lib.head_dim(m)),
+    "expand_d_model": lambda m, p: growth.expand_d_model(m, p, KEY, d_model=m.d_model + 16),
+    "insert_layers": lambda m, p: growth.insert_layers(m, p, KEY, at=[0, 2, m.num_layers, m.num_layers]),
+    "g_zero": lambda m, p: growth.g_zero(m, p, g=2),
+}
+DEPTH_IDENTITY = ("insert_layers", "g_zero")  # exact only where a zero branch is the identity
+
+CONFIGS = {
+    "pre": dict(),
+    "qk_norm": dict(qk_norm=True),
+    "untied_gelu_mha": dict(tie_embeddings=False, mlp="gelu", num_kv_heads=None),
+    "peri_embed_norm": dict(norm=dict(placement="peri", embed_norm=True)),
+    "lns": dict(norm=dict(placement="lns")),
+    "post": dict(norm=dict(placement="post")),
+    "mix": dict(norm=dict(placement="mix", mix_post_layers=1)),
+    "mus_res_post_qk": dict(parametrization="mus", tie_embeddings=False, qk_norm=True,
+                            norm=dict(placement="res_post")),
+    "mus_inv_attn": dict(parametrization="mus", tie_embeddings=False, mus=dict(attn_scale="inv"),
+                         norm=dict(placement="res_post")),
+    "no_final_norm": dict(tie_embeddings=False, norm=dict(final=False)),
+}
+
+
+def _assert_same(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("op", list(EXACT_OPS))
+def test_each_operator_preserves_the_function(op):
+  m = small()
+  params = perturbed(m)
+  new_m, new_params = EXACT_OPS[op](m, params)
+  assert model.count_params(new_params) > model.count_params(params)
+  assert jax.tree.map(jnp.shape, new_params) == jax.tree.map(jnp.shape, model.abstract(new_m)[1])
+  _assert_same(logits(m, params, TOKENS), logits(new_m, new_params, TOKENS))
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_all_operators_composed_preserve_the_function(config):
+  """Every exact operator in turn (the depth ones where the placement allows), one comparison of the logits."""
+  m = small(**CONFIGS[config])
+  params = perturbed(m)
+  ops = [op for op in EXACT_OPS if op not in DEPTH_IDENTITY or m.norm.placement in growth.IDENTITY_PLACEMENTS]
+  new_m, new_params = m, params
+  for op in ops:
+    new_m, new_params = EXACT_OPS[op](new_m, new_params)
+  assert (new_m.d_model, new_m.mlp_dim, new_m.head_dim, new_m.num_heads) == (48, 128, 16, 12)
+  _assert_same(logits(m, params, TOKENS), logits(new_m, new_params, TOKENS))
+
+
+def test_new_entries_are_not_all_zero():
+  """The constraint zeros only what the papers constrain: new W_in columns and W_Q/K/V rows are fresh."""
+  m = small()
+  new_m, p = growth.expand_d_model(m, perturbed(m), KEY, d_model=48)
+  assert float(jnp.abs(p["blocks"]["attn"]["wq"]["w"][:, 32:]).max()) > 0
+  assert float(jnp.abs(p["blocks"]["attn"]["wo"]["w"][..., 32:]).max()) == 0
+  assert float(jnp.abs(p["embed"][:, 32:]).max()) == 0
+  assert new_m.norm.eps == pytest.approx(m.norm.eps * 32 / 48)
+
+
+def test_expand_d_model_needs_the_eps_rescale():
+  """Without ε·D/D̂ the logits move: the rescale is what makes #5 exact with a non-zero eps."""
+  m = small(norm=dict(eps=1e-2))
+  params = perturbed(m)
+  new_m, new_params = growth.expand_d_model(m, params, KEY, d_model=48)
+  _assert_same(logits(m, params, TOKENS), logits(new_m, new_params, TOKENS))
+  new_m.norm.eps = m.norm.eps
+  assert not np.allclose(logits(m, params, TOKENS), logits(new_m, new_params, TOKENS), rtol=1e-4, atol=1e-4)
+
+
+def test_head_dim_expansion_not_a_multiple_breaks_under_rope():
+  m = small()
+  params = perturbed(m)
+  with pytest.raises(ConfigError, match="not function-preserving under RoPE"):
+    growth.expand_head_dim(m, params, KEY, head_dim=12)
+  new_m, new_params = growth.expand_head_dim(m, params, KEY, head_dim=12, exact=False)
+  assert not np.allclose(logits(m, params, TOKENS), logits(new_m, new_params, TOKENS), rtol=1e-3, atol=1e-3)
+
+
+def test_rope_exact_map():
+  assert list(growth.rope_exact_map(4, 8)) == [0, -1, 1, -1, 2, -1, 3, -1]
+  assert list(growth.rope_exact_map(4, 12)) == [0, -1, -1, 1, -1, -1, 2, -1, -1, 3, -1, -1]
+
+
+# ---------------------------------------------------------------- depth maps
+
+
+def _layers(params, path=("attn", "wq", "w")):
+  x = params["blocks"]
+  for k in path:
+    x = x[k]
+  return np.asarray(x)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(g=2), [0, 1, 2, 0, 1, 2]),
+    (dict(layer_map=growth.interleave_map(3, 2)), [0, 0, 1, 1, 2, 2]),
+    (dict(layer_map=[0, 1, 1, 1, 2]), [0, 1, 1, 1, 2]),  # partial stacking, "1-2x3-3"
+])
+def test_stack_places_the_right_layers(kwargs, expected):
+  m = small()
+  params = perturbed(m)
+  new_m, new_params = growth.stack(m, params, **kwargs)
+  assert new_m.num_layers == len(expected)
+  for path in (("attn", "wq", "w"), ("mlp", "down", "w"), ("attn_norm", "scale")):
+    np.testing.assert_array_equal(_layers(new_params, path), _layers(params, path)[expected])
+  np.testing.assert_array_equal(new_params["embed"], params["embed"])
+  # not function-preserving: every copied block acts again
+  assert not np.allclose(logits(m, params, TOKENS), logits(new_m, new_params, TOKENS), atol=1e-3)
+
+
+def test_g_zero_repeats_are_the_identity_on_the_residual():
+  m = small()
+  params = perturbed(m)
+  new_m, new_params = growth.g_zero(m, params, g=2)  # [0, 0, 1, 1, 2, 2]: odd layers are repeats
+  graphdef = model.abstract(new_m)[0]
+  _, stats = nnx.merge(graphdef, new_params).hidden(TOKENS, collect=True, keep_states=True)
+  states = np.asarray(stats["states"])  # [L+1, B, T, D]: entering each layer, and after the last
+  for layer in (1, 3, 5):
+    np.testing.assert_array_equal(states[layer + 1], states[layer])
+    assert not np.allclose(states[layer], states[layer - 1])
+  np.testing.assert_array_equal(_layers(new_params)[1], _layers(params)[0])  # repeats keep their q, k, v, W_in
+
+
+def test_g_random_appends_fresh_layers():
+  m = small()
+  params = perturbed(m)
+  new_m, a = growth.g_random(m, params, jax.random.key(1), num_layers=5)
+  _, b = growth.g_random(m, params, jax.random.key(2), num_layers=5)
+  np.testing.assert_array_equal(_layers(a)[:3], _layers(params))
+  assert not np.allclose(_layers(a)[3:], _layers(b)[3:])
+  std = _layers(a)[3:].std()
+  assert 0.01 < std < 0.03  # the model's own init (init_std 0.02), not the perturbed values
+  assert not np.allclose(logits(m, params, TOKENS), logits(new_m, a, TOKENS), atol=1e-3)
+
+
+# ---------------------------------------------------------------- optimizer state
+
+
+def _opt(m, name="adamw"):
+  c = cfg_lib.base()
+  c.model = m
+  c.optim.name = name
+  return optim.make(c, model.abstract(m)[2])[0]
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion"])
+def test_opt_state_copy_and_reset(name):
+  m = small()
+  params = perturbed(m)
+  tx = _opt(m, name)
+  state = tx.init(params)
+  for _ in range(2):  # real, non-zero moments and a count of 2
+    grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)
+    _, state = tx.update(grads, state, params, step=1)
+  m1, p1, map1 = growth.expand_mlp(m, params, KEY, mlp_dim=96, with_index_map=True)
+  m2, p2, map2 = growth.stack(m1, p1, layer_map=[2, 0, 1, 2], with_index_map=True)
+  index_map = growth.compose_index_maps(map1, map2)
+  new_tx = _opt(m2, name)
+  fresh = new_tx.init(p2)
+  abstract = model.abstract(m2)[1]
+
+  copied = growth.grow_opt_state("copy", state, abstract, index_map)
+  assert jax.tree.structure(copied) == jax.tree.structure(fresh)
+  assert jax.tree.map(jnp.shape, copied) == jax.tree.map(jnp.shape, fresh)
+  old_mu, new_mu = state[-2].mu, copied[-2].mu
+  assert int(copied[-2].count) == 2
+  down_old, down_new = old_mu["blocks"]["mlp"]["down"]["w"], new_mu["blocks"]["mlp"]["down"]["w"]
+  np.testing.assert_array_equal(down_new[:, :64], down_old[np.array([2, 0, 1, 2])])  # old slice, moved layers
+  assert float(jnp.abs(down_new[:, 64:]).max()) == 0 and float(jnp.abs(down_old).min()) > 0
+  wi_new = new_mu["blocks"]["mlp"]["wi"]["w"]
+  assert float(jnp.abs(wi_new[..., 64:]).max()) == 0
+  np.testing.assert_array_equal(new_mu["embed"], old_mu["embed"])
+  if name == "adamw":
+    np.testing.assert_array_equal(copied[-2].nu["blocks"]["attn"]["wq"]["w"],
+                                  state[-2].nu["blocks"]["attn"]["wq"]["w"][np.array([2, 0, 1, 2])])
+  new_tx.update(jax.tree.map(jnp.ones_like, p2), copied, p2, step=3)  # the grown state is usable
+
+  reset = growth.grow_opt_state("reset", state, abstract, index_map)
+  assert jax.tree.structure(reset) == jax.tree.structure(fresh)
+  for a, b in zip(jax.tree.leaves(reset), jax.tree.leaves(fresh)):
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == b.dtype
+
+
+def test_split_mlp_moments_are_zero_for_new_units():
+  m = small()
+  params = perturbed(m)
+  _, p, index_map = growth.split_mlp(m, params, KEY, mlp_dim=96, with_index_map=True)
+  mu = growth.grow_opt_state("copy", (params,), model.abstract(small(mlp_dim=96))[1], index_map)[0]
+  np.testing.assert_array_equal(mu["blocks"]["mlp"]["down"]["w"][:, :64], params["blocks"]["mlp"]["down"]["w"])
+  assert float(jnp.abs(mu["blocks"]["mlp"]["down"]["w"][:, 64:]).max()) == 0
+  assert float(jnp.abs(p["blocks"]["mlp"]["down"]["w"][:, 64:]).max()) > 0  # the values themselves are copies
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("change, call, message", [
+    ({}, lambda m, p: growth.add_heads(m, p, KEY, num_heads=6, num_kv_heads=4), "not a multiple of num_kv_heads"),
+    ({}, lambda m, p: growth.add_heads(m, p, KEY, num_heads=7), "not a multiple"),
+    ({}, lambda m, p: growth.add_heads(m, p, KEY, num_heads=4, num_kv_heads=4), "fewer than the model's 2"),
+    ({}, lambda m, p: growth.stack(m, p, layer_map=[0, 3]), r"layer indices in \[0, 3\)"),
+    ({}, lambda m, p: growth.stack(m, p, layer_map=[]), "non-empty"),
+    ({}, lambda m, p: growth.stack(m, p, g=2, layer_map=[0]), "exactly one of g"),
+    ({}, lambda m, p: growth.expand_head_dim(m, p, KEY, head_dim=12), "under RoPE"),
+    ({}, lambda m, p: growth.expand_head_dim(m, p, KEY, head_dim=9, exact=False), "must be even"),
+    ({}, lambda m, p: growth.expand_mlp(m, p, KEY, mlp_dim=64), "must exceed"),
+    ({}, lambda m, p: growth.insert_layers(m, p, KEY, at=[4]), r"positions in \[0, 3\]"),
+    ({}, lambda m, p: growth.grow_opt_state("keep", (), {}, {}), "not one of"),
+    (dict(norm=dict(placement="post")), lambda m, p: growth.g_zero(m, p, g=2), "identity only for"),
+    (dict(norm=dict(placement="res_post")), lambda m, p: growth.insert_layers(m, p, KEY, at=[0]), "identity only"),
+    (dict(norm=dict(kind="layernorm")), lambda m, p: growth.expand_d_model(m, p, KEY, d_model=48), "rmsnorm"),
+    (dict(norm=dict(placement="peri", out_norm_scale=False)),
+     lambda m, p: growth.expand_d_model(m, p, KEY, d_model=48), "out_norm_scale"),
+])
+def test_bad_input(change, call, message):
+  m = small(**change)
+  params = jax.eval_shape(lambda: model.init(m, jax.random.key(0)))  # refused before any array is touched
+  with pytest.raises(ConfigError, match=message) as e:
+    call(m, params)
+  assert "\n" not in str(e.value)
