@@ -12,7 +12,6 @@ numpy and cost nothing, so a single host runs the same code path.
 from __future__ import annotations
 
 import itertools
-import math
 
 import jax
 import numpy as np
@@ -73,7 +72,7 @@ def open_collectives(mesh: jax.sharding.Mesh) -> None:
   groups = [tuple(a for i, a in enumerate(names) if k >> i & 1) for k in range(1, 2**len(names))]
   spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
   shmap = jax.shard_map(lambda x: sum(jax.lax.psum(x, g) for g in groups), mesh=mesh, in_specs=spec, out_specs=spec)
-  ones = jax.make_array_from_callback((math.prod(mesh.devices.shape),), jax.sharding.NamedSharding(mesh, spec),
+  ones = jax.make_array_from_callback((mesh.devices.size,), jax.sharding.NamedSharding(mesh, spec),
                                       lambda _: np.ones((1,), np.float32))
   compiled = jax.jit(shmap).lower(ones).compile()
   barrier("open_collectives")  # after compiling: every host arrives at the first collective together

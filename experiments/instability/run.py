@@ -177,31 +177,25 @@ def plots(data, args):
     div = [lr for lr in lrs if s["runs"][lr]["status"] == "diverged"]
     ax.scatter(div, [s["l0"]] * len(div), marker="x", s=60, color="k", zorder=5)
 
-  fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), sharey=True, squeeze=False)
-  for ax, n in zip(axes[0], names):
-    for w in widths:
-      loss_axes(ax, (w, n), f"d={w}")
-    ax.set(xscale="log", title=n, xlabel="peak learning rate")
-    ax.legend(fontsize=8)
-  axes[0][0].set_ylabel("final validation loss, capped at ℓ0")
-  fig.suptitle("final loss against learning rate, per setting (× diverged: counted as ℓ0)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "loss_vs_lr.png"), dpi=110)
-  plt.close(fig)
+  def lr_figure(panels, size, fontsize, title, fname):
+    """One row of panels (title, [(key, label), ...]): final loss against the learning rate."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]), sharey=True, squeeze=False)
+    for ax, (panel_title, curves) in zip(axes[0], panels):
+      for key, label in curves:
+        loss_axes(ax, key, label)
+      ax.set(xscale="log", title=panel_title, xlabel="peak learning rate")
+      ax.legend(fontsize=fontsize)
+    axes[0][0].set_ylabel("final validation loss, capped at ℓ0")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, fname), dpi=110)
+    plt.close(fig)
 
-  fig, axes = plt.subplots(1, len(widths), figsize=(4.6 * len(widths), 3.6), sharey=True, squeeze=False)
-  for ax, w in zip(axes[0], widths):
-    for n in names:
-      s = data.get((w, n))
-      if s:
-        loss_axes(ax, (w, n), f"{n} (sens. {fmt_sens(s)})")
-    ax.set(xscale="log", title=f"d_model={w}", xlabel="peak learning rate")
-    ax.legend(fontsize=7)
-  axes[0][0].set_ylabel("final validation loss, capped at ℓ0")
-  fig.suptitle("settings side by side, per width (as the paper's Fig. 1)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(args.out, "loss_vs_lr_by_width.png"), dpi=110)
-  plt.close(fig)
+  lr_figure([(n, [((w, n), f"d={w}") for w in widths]) for n in names], (3.6, 3.4), 8,
+            "final loss against learning rate, per setting (× diverged: counted as ℓ0)", "loss_vs_lr.png")
+  lr_figure([(f"d_model={w}", [((w, n), f"{n} (sens. {fmt_sens(data[(w, n)])})") for n in names if data.get((w, n))])
+             for w in widths], (4.6, 3.6), 7, "settings side by side, per width (as the paper's Fig. 1)",
+            "loss_vs_lr_by_width.png")
 
   cmap = plt.get_cmap("viridis")
 
