@@ -397,34 +397,30 @@ def report(data, args, wall):
   if missing:
     lines += ["", "**Incomplete grid**: these points did not finish and are left out of the sensitivities: "
               + ", ".join(missing) + "."]
+  def lr_table(cell):
+    """A markdown table, a row per (width, setting), a column per learning rate: cell(run) or — if not run."""
+    rows = ["| width | setting | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
+    for (w, n), s in sorted(data.items(), key=lambda kv: (kv[0][0], names.index(kv[0][1]))):
+      cells = ["—" if s["runs"].get(lr) is None else cell(s["runs"][lr]) for lr in lrs]
+      rows.append(f"| {w} | {n} | " + " | ".join(cells) + " |")
+    return rows
+
+  def attn_and_log_z(r):
+    steps_S, logits_SL = r["attn"]
+    att = tail_mean((steps_S, logits_SL.max(1))) if len(steps_S) else float("nan")
+    return f"{att:.3g} / {tail_mean(r['log_z']):.2f}"
+
   lines += ["", f"\"Came close\": above the best learning rate, and its final loss gave back at least {CLOSE:.0%} "
             "of the way from ℓ* to ℓ0.", "",
             "## Final validation loss", "", "Diverged runs: the step at which the loss or gradient norm became "
             "non-finite (the run stopped there).", "",
-            "| width | setting | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
-  for (w, n), s in sorted(data.items(), key=lambda kv: (kv[0][0], names.index(kv[0][1]))):
-    cells = []
-    for lr in lrs:
-      r = s["runs"].get(lr)
-      cells.append("—" if r is None else f"{r['final']:.3f}" if r["final"] is not None else
-                   f"diverged @{r['last_step']}" if r["status"] == "diverged" else r["status"])
-    lines.append(f"| {w} | {n} | " + " | ".join(cells) + " |")
+            *lr_table(lambda r: f"{r['final']:.3f}" if r["final"] is not None else
+                      f"diverged @{r['last_step']}" if r["status"] == "diverged" else r["status"])]
   lines += ["", "## Attention logits and log Z", "",
             "Max attention logit = max over layers and causal pairs of |q·k|/√d_h (`layers/attn_max_logit`, every "
             "`train.diagnostics_every` steps); log Z = mean logsumexp of the output logits (`log_z`, every step); "
             "both the mean over the last 10% of the run's steps.", "",
-            "| width | setting | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
-  for (w, n), s in sorted(data.items(), key=lambda kv: (kv[0][0], names.index(kv[0][1]))):
-    cells = []
-    for lr in lrs:
-      r = s["runs"].get(lr)
-      if r is None:
-        cells.append("—")
-        continue
-      steps_S, logits_SL = r["attn"]
-      att = tail_mean((steps_S, logits_SL.max(1))) if len(steps_S) else float("nan")
-      cells.append(f"{att:.3g} / {tail_mean(r['log_z']):.2f}")
-    lines.append(f"| {w} | {n} | " + " | ".join(cells) + " |")
+            *lr_table(attn_and_log_z)]
   lines += ["", "(each cell: max attention logit / log Z)", "",
             "## The paper's claims, checked against what we measured", "",
             "| claim | paper | ours | evidence |", "|---|---|---|---|"]
