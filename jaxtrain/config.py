@@ -133,6 +133,16 @@ def base() -> ml_collections.ConfigDict:
 
   # Sizes of the named mesh axes; one of them may be -1 (the remaining devices).
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
+
+  c.growth = dict(             # growing the model mid-run (jaxtrain/growth.py); model is the model before any event
+      events=(),               # ({"step": 1500, "op": "stack", "g": 4}, ...): at the end of `step`, apply `op` with
+                               # its arguments; an event may also set opt, lr, warmup_steps, peak_lr for itself
+      opt="reset",             # reset (fresh moments, count 0: G_stack's code) | copy (old moments in place: MSG)
+      lr="restart_warmup",     # restart_warmup (warmup to peak_lr, then optim.schedule to the end: G_stack's code)
+                               # | continue (the schedule as it was) | rewind (the base schedule from its peak)
+      warmup_steps=-1,         # restart_warmup's warmup; -1: optim.warmup_steps
+      peak_lr=0.0,             # restart_warmup's peak; 0: optim.lr
+  )
   return c
 
 
@@ -307,6 +317,8 @@ _CHOICES = {
     "optim.weight_decay_mode": ("coupled", "independent"),
     "train.on_nonfinite": ("stop", "skip"),
     "train.progress": ("auto", "bar", "log"),
+    "growth.opt": ("reset", "copy"),
+    "growth.lr": ("restart_warmup", "continue", "rewind"),
 }
 
 

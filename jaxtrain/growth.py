@@ -32,12 +32,19 @@ drawn, `params` the model's pytree (`model.init`, stacked blocks on a leading `l
 new position -> old position or -1 for a new entry; `grow_opt_state` moves the optimizer's moments with it,
 under the policies the papers use (growth.md §4): `reset` (prts, LiGO: a fresh optimizer) or `copy` (MSG: old
 moments in the old slice, zeros elsewhere, the step count kept).
+
+Mid-run (the last section): `config.growth.events` lists events (step, operator and its arguments, optimizer and
+learning-rate policies); `plan(config)` checks them and works out each phase's model and schedule without
+touching an array; the trainer (train.py) saves the small model at an event's step, jits `grow_state` from the
+old state's shardings to the new one's, and trains on. `total_flops` counts each phase's steps at its own cost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +52,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import model, munit
+from jaxtrain import flops, model, munit, optim
 from jaxtrain.config import ConfigError
 
 POLICIES = ("reset", "copy")
@@ -434,3 +441,162 @@ def grow_opt_state(policy: str, old_opt_state, new_params_abstract, index_map):
     return jnp.zeros_like(x) if policy == "reset" else x
 
   return jax.tree.map(one, old_opt_state, is_leaf=is_moment)
+
+
+# ---------------------------------------------------------------- growth events: a run's schedule of operators
+
+OPERATORS = {"stack": stack, "g_zero": g_zero, "g_random": g_random, "insert_layers": insert_layers,
+             "expand_mlp": expand_mlp, "split_mlp": split_mlp, "add_heads": add_heads,
+             "expand_head_dim": expand_head_dim, "expand_d_model": expand_d_model}
+LR_POLICIES = ("restart_warmup", "continue", "rewind")
+EVENT_FIELDS = ("step", "op", "opt", "lr", "warmup_steps", "peak_lr")  # beside the operator's own arguments
+GROWTH_KEY_SALT = 7  # event k draws its fresh entries from fold_in(fold_in(key(seed), 7), k): not init's, not rng's
+
+
+def _op_args(op: str) -> list[str]:
+  """The keyword arguments operator `op` takes from an event (its signature, less what the trainer passes)."""
+  params = inspect.signature(OPERATORS[op]).parameters
+  return [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n != "with_index_map"]
+
+
+def apply(m, params, op: str, args: dict, key: jax.Array | None = None, *, with_index_map: bool = False):
+  """Operator `op` (a name in OPERATORS) on (model config, params) with `args`; `key` for the ones that draw."""
+  fn = OPERATORS[op]
+  keyed = "key" in inspect.signature(fn).parameters
+  return (fn(m, params, key, **args, with_index_map=with_index_map) if keyed
+          else fn(m, params, **args, with_index_map=with_index_map))
+
+
+def event_key(seed: int, k: int) -> jax.Array:
+  """The PRNG key of growth event k (1-based) of a run seeded `seed`: the same on every host and every resume."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), GROWTH_KEY_SALT), k)
+
+
+class Phase(NamedTuple):
+  """A stretch of a run between growth events: steps start+1 .. the next phase's start train `config.model`."""
+  start: int                  # the step whose end began it (0 for the first phase)
+  config: ml_collections.ConfigDict  # the run's config with this phase's model (what its checkpoints hold)
+  event: dict | None          # the event that began it, defaults filled in (None for the first phase)
+  lr_schedule: Callable       # step -> peak learning rate, over the run's global steps
+  peak_lr: float
+
+
+def _event(config, k: int, ev) -> dict:
+  """Event k (1-based) of config.growth.events, checked, with the growth section's defaults filled in."""
+  g, where = config.growth, f"growth.events[{k - 1}]"
+  if not isinstance(ev, dict) or "step" not in ev or "op" not in ev:
+    raise ConfigError(f"{where}={ev!r} must be a dict with at least 'step' and 'op', e.g. "
+                      "{'step': 1500, 'op': 'stack', 'g': 4}")
+  if ev["op"] not in OPERATORS:
+    raise ConfigError(f"{where}: unknown op {ev['op']!r}; choose one of {sorted(OPERATORS)}")
+  known = set(EVENT_FIELDS) | set(_op_args(ev["op"]))
+  unknown = sorted(set(ev) - known)
+  if unknown:
+    raise ConfigError(f"{where}: {ev['op']} takes {_op_args(ev['op'])} (and {list(EVENT_FIELDS)}), not {unknown}")
+  out = {"opt": g.opt, "lr": g.lr, "warmup_steps": g.warmup_steps, "peak_lr": g.peak_lr, **ev}
+  if out["opt"] not in POLICIES:
+    raise ConfigError(f"{where}: opt={out['opt']!r} is not one of {POLICIES}")
+  if out["lr"] not in LR_POLICIES:
+    raise ConfigError(f"{where}: lr={out['lr']!r} is not one of {LR_POLICIES}")
+  if out["warmup_steps"] < 0:
+    out["warmup_steps"] = config.optim.warmup_steps
+  if not out["peak_lr"] > 0:
+    out["peak_lr"] = config.optim.lr
+  if not isinstance(out["step"], int) or not 0 < out["step"] < config.train.steps:
+    raise ConfigError(f"{where}: step={out['step']!r} must be an integer in [1, train.steps={config.train.steps}): "
+                      "growth happens at the end of a step, with steps left to train the grown model")
+  return out
+
+
+def _lr_schedules(config, events) -> list[tuple[Callable, float]]:
+  """(schedule over global steps, its peak) per phase, under each event's lr policy (growth.md §4)."""
+  o, total = config.optim, optim.schedule_length(config)
+  base = optim.schedule(o, total)
+  out = [(base, o.lr)]
+  for ev in events:
+    s = ev["step"]
+    if ev["lr"] == "continue":  # Apollo: one schedule for the whole run
+      out.append(out[-1])
+    elif ev["lr"] == "rewind":  # MSG: the base schedule rewound to its peak (the end of warmup) at the event
+      out.append((lambda t, s=s: base(o.warmup_steps + t - s), o.lr))
+    else:  # G_stack's code, LiGO, multi-level: warmup again from 0 to a new peak, then decay over what is left
+      fresh = ml_collections.ConfigDict(o.to_dict())
+      fresh.lr, fresh.warmup_steps = ev["peak_lr"], ev["warmup_steps"]
+      after = optim.schedule(fresh, max(total - s, 1))
+      out.append((lambda t, s=s, after=after: after(t - s), ev["peak_lr"]))
+  return out
+
+
+def plan(config) -> list[Phase]:
+  """The phases of a run under config.growth.events: each event checked and its model worked out, abstractly.
+
+  Raises ConfigError (one line: the event, the problem, the fix) for an operator that cannot apply, before
+  anything compiles; an event whose step is not after the previous one's, or not before train.steps, too.
+  """
+  raw = config.growth.events or ()
+  events = [_event(config, k, ev) for k, ev in enumerate(raw, 1)]
+  for a, b in zip(events, events[1:]):
+    if b["step"] <= a["step"]:
+      raise ConfigError(f"growth.events: step {b['step']} follows step {a['step']}: list events in increasing steps")
+  schedules = _lr_schedules(config, events)
+  phases = [Phase(0, config, None, *schedules[0])]
+  for k, ev in enumerate(events, 1):
+    m = phases[-1].config.model
+    args = {n: ev[n] for n in _op_args(ev["op"]) if n in ev}
+    grown = {}
+
+    def shape_only(params, ev=ev, args=args, m=m):
+      grown["m"], new_params = apply(m, params, ev["op"], args, jax.random.key(0))
+      return new_params
+
+    try:
+      jax.eval_shape(shape_only, jax.eval_shape(lambda: model.init(m, jax.random.key(0))))
+    except (ConfigError, TypeError) as e:
+      raise ConfigError(f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']}): {e}") from None
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model = grown["m"]
+    phases.append(Phase(ev["step"], c, ev, *schedules[k]))
+  return phases
+
+
+@contextlib.contextmanager
+def event_errors(phase: Phase):
+  """A ConfigError raised inside names the growth event that made `phase`'s model (none for the first phase)."""
+  try:
+    yield
+  except ConfigError as e:
+    if phase.event is None:
+      raise
+    raise ConfigError(f"after growth event {phase.event['op']} at step {phase.event['step']}: {e}") from None
+
+
+def phase_at(phases: list[Phase], step: int) -> int:
+  """The index of the phase whose model the state at the end of `step` has: an event's own step is before it."""
+  return sum(p.start < step for p in phases[1:])
+
+
+def grow_state(phases: list[Phase], k: int, state: dict) -> dict:
+  """The train state of phase k from phase k-1's, at k's event: a pure function, jitted on the mesh by the trainer.
+
+  Parameters by the event's operator; the optimizer state by its `opt` policy (`grow_opt_state`); step and rng
+  kept; FP8 delayed scaling's scales and histories start afresh for the new shapes.
+  """
+  ev, m_old, m_new = phases[k].event, phases[k - 1].config.model, phases[k].config.model
+  args = {n: ev[n] for n in _op_args(ev["op"]) if n in ev}
+  _, params, index_map = apply(m_old, state["params"], ev["op"], args, event_key(phases[0].config.seed, k),
+                               with_index_map=True)
+  opt_state = grow_opt_state(ev["opt"], state["opt_state"], params, index_map)
+  new = {"step": state["step"], "params": params, "opt_state": opt_state, "rng": state["rng"]}
+  if "fp8" in state:
+    new["fp8"] = model.fp8_state(m_new)
+  return new
+
+
+def total_flops(phases: list[Phase], step: int) -> float:
+  """Model FLOPs of the run's first `step` steps, each phase's steps at its model's cost (flops.py)."""
+  ends = [p.start for p in phases[1:]] + [step]
+  out = 0.0
+  for p, end in zip(phases, ends):
+    c = p.config
+    out += max(min(end, step) - p.start, 0) * flops.train_flops_per_step(c.model, c.data.seq_len, c.train.global_batch)
+  return out

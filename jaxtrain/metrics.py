@@ -103,7 +103,9 @@ def _fmt(v):
 def _truncate_after(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
-  rows = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
+  # A growth event at the checkpoint's own step comes after that checkpoint (growth.py): it is redone too.
+  rows = [r for r in _read_jsonl(path)
+          if r.get("step", 0) < step or r.get("step", 0) == step and not any(k.startswith("growth/") for k in r)]
   with open(path + ".tmp", "w") as f:  # a kill while rewriting must not cost the history
     f.writelines(json.dumps(r) + "\n" for r in rows)
   os.replace(path + ".tmp", path)

@@ -179,8 +179,12 @@ def scale_by_schedule_at_step(lr: optax.Schedule, peak: float, lr_mult, mask, we
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def make(config, axes_tree) -> tuple[optax.GradientTransformationExtraArgs, optax.Schedule]:
+def make(config, axes_tree, lr_schedule: optax.Schedule | None = None,
+         peak_lr: float | None = None) -> tuple[optax.GradientTransformationExtraArgs, optax.Schedule]:
   """(the optimizer, its peak-η schedule) for `config`; update it with `tx.update(g, s, params, step=step)`.
+
+  `lr_schedule` and its `peak_lr` replace the config's schedule (a run's phase after a growth event,
+  jaxtrain/growth.py); by default it is `schedule(config.optim, schedule_length(config))`, peaking at optim.lr.
 
   The chain: global-norm clipping, ⊥Grad if `optim.orthograd` (per parameter:
   each layer's slice of a stacked tensor and each of SwiGLU's gate and up on its
@@ -189,7 +193,8 @@ def make(config, axes_tree) -> tuple[optax.GradientTransformationExtraArgs, opta
   its multiplier (`lr_multipliers`).
   """
   o, m = config.optim, config.model
-  lr = schedule(o, schedule_length(config))
+  lr = lr_schedule or schedule(o, schedule_length(config))
+  peak = o.lr if peak_lr is None else peak_lr
   info = model.param_info(m)
   parts = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
   if o.orthograd:
@@ -205,5 +210,5 @@ def make(config, axes_tree) -> tuple[optax.GradientTransformationExtraArgs, opta
     raise ValueError(f"unknown optim.weight_decay_mode {o.weight_decay_mode!r}; choose one of {DECAY_MODES}")
   base_info = model.param_info(base_model(m, m.mus.d_base)) if o.lr_rule == "mus" else None
   mult = lr_multipliers(o.lr_rule, info, m.d_model, m.mus.d_base, base_info)
-  parts.append(scale_by_schedule_at_step(lr, o.lr, mult, decay_mask(info), o.weight_decay, o.weight_decay_mode))
+  parts.append(scale_by_schedule_at_step(lr, peak, mult, decay_mask(info), o.weight_decay, o.weight_decay_mode))
   return optax.chain(*parts), lr

@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -32,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxtrain import checkpoint, collapse, data, flops, hosts, losses, model, optim, sharding
+from jaxtrain import checkpoint, collapse, data, flops, growth, hosts, losses, model, optim, sharding
 from jaxtrain import diagnostics as diagnostics_lib
 from jaxtrain import fp8 as fp8_lib
 from jaxtrain import config as cfg_lib
@@ -192,11 +193,14 @@ class Program(NamedTuple):
   lr_schedule: Callable
 
 
-def build(config, mesh) -> Program:
-  """Builds and jits the model, optimizer and steps of `config` over `mesh` (compiled on first call)."""
+def build(config, mesh, lr_schedule=None, peak_lr=None) -> Program:
+  """Builds and jits the model, optimizer and steps of `config` over `mesh` (compiled on first call).
+
+  `lr_schedule` and `peak_lr` replace the config's schedule (a growth phase's, growth.Phase).
+  """
   graphdef, abstract_params, param_axes = model.abstract(config.model)
   sharding.check_divisible(abstract_params, param_axes, dict(mesh.shape))
-  tx, lr_schedule = optim.make(config, param_axes)
+  tx, lr_schedule = optim.make(config, param_axes, lr_schedule, peak_lr)
   init_state = make_state_fn(config, tx)
   abstract_state = jax.eval_shape(init_state, jax.random.key(0))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -264,10 +268,15 @@ def train(config, workdir: str, devices=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
   tokenizer = data.make_tokenizer(config.data)
   devices = list(devices or jax.devices())
-  mesh_shape = cfg_lib.validate(config, len(devices), tokenizer.vocab_size, devices[0].platform,
-                                process_count=len({d.process_index for d in devices}),
-                                local_devices=sum(d.process_index == jax.process_index() for d in devices),
-                                compute_capability=getattr(devices[0], "compute_capability", None))
+  check = functools.partial(cfg_lib.validate, num_devices=len(devices), vocab_size=tokenizer.vocab_size,
+                            platform=devices[0].platform, process_count=len({d.process_index for d in devices}),
+                            local_devices=sum(d.process_index == jax.process_index() for d in devices),
+                            compute_capability=getattr(devices[0], "compute_capability", None))
+  mesh_shape = check(config)
+  phases = growth.plan(config)  # the model of every phase between growth events, each checked like the first
+  for p in phases[1:]:
+    with growth.event_errors(p):
+      check(p.config)
 
   ##################################################################### Mesh
   mesh = sharding.make_mesh(mesh_shape, devices)
@@ -276,9 +285,10 @@ def train(config, workdir: str, devices=None) -> dict:
            jax.process_count(), mesh_shape)
 
   ##################################################################### Model, optimizer, steps
-  prog = build(config, mesh)
-  n_params = model.count_params(prog.abstract_state["params"])
-  log.info("model: %.2fM parameters", n_params / 1e6)
+  programs = []
+  for p in phases:  # one per growth phase; each compiles on its first call
+    with growth.event_errors(p):
+      programs.append(build(p.config, mesh, p.lr_schedule, p.peak_lr))
 
   ##################################################################### Data
   batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
@@ -286,38 +296,44 @@ def train(config, workdir: str, devices=None) -> dict:
   eval_batches = data.eval_batches(config.data, seq_len=config.data.seq_len, global_batch=t.global_batch,
                                    num_batches=t.eval_batches, sharding=batch_sh)
 
-  evaluate = functools.partial(evaluate_batches, prog.eval_step, batches=eval_batches)
-
   ##################################################################### Restore or initialize
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
   try:
-    restored = ckpt.restore_latest(prog.abstract_state, m.to_dict(), loader.fingerprint())
+    restored = ckpt.restore_latest(lambda s: programs[growth.phase_at(phases, s)].abstract_state,
+                                   lambda s: phases[growth.phase_at(phases, s)].config.model.to_dict(),
+                                   loader.fingerprint())
     if restored is not None and restored.step > t.steps:
       raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {restored.step}, past "
                                 f"train.steps={t.steps}: raise train.steps to continue it, or use a new --workdir")
   except Exception:
     ckpt.close()
     raise
+  start = restored.step if restored is not None else 0
+  phase = growth.phase_at(phases, start)
+  prog = programs[phase]
   if restored is not None:
-    state, start = restored.state, restored.step
+    state = restored.state
     log.info("resumed from step %d in %s", start, ckpt.directory)
     _warn_if_schedule_reshapes(config, restored.config)
   else:
-    state, start = prog.init(jax.random.key(config.seed)), 0
+    state = prog.init(jax.random.key(config.seed))
     log.info("initialized from seed %d", config.seed)
-  config_json = json.loads(config.to_json_best_effort())
+  log.info("model: %.2fM parameters", model.count_params(state["params"]) / 1e6)
+  # What each phase's checkpoints hold: the run's config with that phase's model.
+  configs_json = [json.loads(p.config.to_json_best_effort()) for p in phases]
   if is_main:  # only now: a config refused above must not replace the one that describes the run
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_json, f, indent=2)
+      json.dump(configs_json[0], f, indent=2)
 
   ##################################################################### Train loop
   writer = MetricWriter(workdir, total_steps=t.steps, first_step=start, progress=t.progress, enabled=is_main)
   peak, peak_source = flops.peak_flops(m.compute_dtype, t.peak_flops, devices)
-  step_flops = flops.train_flops_per_step(m, config.data.seq_len, t.global_batch)
-  log.info("MFU against %.3g FLOP/s (%s); %.3g model FLOPs per step", peak, peak_source, step_flops)
+  log.info("MFU against %.3g FLOP/s (%s)", peak, peak_source)
   signals = _Signals()  # a signal only sets a flag here; the hosts agree on stopping below, every step
   history, pending, skipped, last_eval, last_saved = [], None, 0, {}, start
   clock = _Clock()
+  evaluate = lambda params: evaluate_batches(prog.eval_step, params, eval_batches)
+  step_flops = lambda: flops.train_flops_per_step(phases[phase].config.model, config.data.seq_len, t.global_batch)
 
   def record(step, metrics):
     """Fetches one step's metrics and stops (or counts a skip) if they are not finite."""
@@ -338,11 +354,25 @@ def train(config, workdir: str, devices=None) -> dict:
       writer.write(step, layer_rows)
     history.append({k: v for k, v in metrics.items() if k not in layer_rows})
 
-  step, stopped_by = start, None
+  step, stopped_by, compiling = start, None, True
   batches = loader.iterate(start, batch_sh)
   try:
     with signals:
       while step < t.steps:
+        ################################################################# Grow (at the end of an event's step)
+        if phase + 1 < len(phases) and step == phases[phase + 1].start:
+          with clock.paused():  # the step before is saved (below); the data stream goes on where it was
+            before = evaluate(state["params"])["eval_loss"]
+            state, phase = _grow(phases, phase + 1, programs, state), phase + 1
+            prog = programs[phase]
+            after = evaluate(state["params"])["eval_loss"]
+          n = model.count_params(state["params"])
+          log.info("step %d: grew by %s to %.2fM parameters (%s); eval loss %.4f -> %.4f", step,
+                   phases[phase].event["op"], n / 1e6, _describe(phases[phase].config.model), before, after)
+          writer.write(step, {"growth/event": phase, "growth/parameters": n, "growth/eval_loss_before": before,
+                              "growth/eval_loss_after": after})
+          compiling = True
+
         ################################################################# One step
         diagnose = t.diagnostics_every and (step + 1) % t.diagnostics_every == 0
         state, metrics = (prog.diagnostics_step if diagnose else prog.train_step)(state, next(batches))
@@ -352,19 +382,20 @@ def train(config, workdir: str, devices=None) -> dict:
         if pending is not None:  # the previous step's metrics: this step is already queued behind them
           record(*pending)
         pending = (step, metrics)
-        if step == start + 1:  # the first step compiles: keep it out of the throughput figures
+        if compiling:  # the first step of a program compiles: keep it out of the throughput figures
           record(*pending)
-          pending = None
-          log.info("first step (compile and run) took %.1f s", clock.elapsed())
+          pending, compiling = None, False
+          log.info("step %d (compile and run) took %.1f s", step, clock.elapsed())
           clock.restart()
 
         ################################################################# Decide, once, on every host alike
         # A signal on any host, seen by all at this same step. On several hosts the all-gather waits for the step
         # it follows, so it runs every stop_check_every steps, letting the others queue behind their predecessor.
         stop = (jax.process_count() == 1 or step % t.stop_check_every == 0) and hosts.any_host(bool(signals.received))
+        grows = phase + 1 < len(phases) and step == phases[phase + 1].start  # the small model is saved first
         actions = {name for name, due in (
             ("log", step % t.log_every == 0 or step == t.steps),
-            ("save", step % t.checkpoint_every == 0 or step == t.steps or stop),
+            ("save", step % t.checkpoint_every == 0 or step == t.steps or stop or grows),
             ("eval", step % t.eval_every == 0 or step == t.steps),
             ("stop", stop)) if due}
         if not actions:
@@ -376,16 +407,18 @@ def train(config, workdir: str, devices=None) -> dict:
           pending = None
         if "log" in actions:
           row = {k: float(np.mean([h[k] for h in history])) for k in history[-1]}
+          row["tokens"] = step * t.global_batch * config.data.seq_len
+          row["total_flops"] = growth.total_flops(phases, step)  # across growth events: compare runs at equal compute
           if clock.steps:  # a window of only the compiling first step has no throughput to report
             row["step_time"] = clock.elapsed() / clock.steps
             row["tokens_per_second"] = t.global_batch * config.data.seq_len / row["step_time"]
-            row["mfu"] = step_flops / row["step_time"] / peak
+            row["mfu"] = step_flops() / row["step_time"] / peak
           writer.write(step, row)
           history = []
           clock.restart()
         with clock.paused():  # saving and evaluation are kept out of the throughput figures
           if "save" in actions:  # before evaluation: a signal or crash during evaluation cannot cost the step
-            ckpt.save(step, state, loader.fingerprint(), config_json)
+            ckpt.save(step, state, loader.fingerprint(), configs_json[phase])
             last_saved = step
           if "eval" in actions:
             last_eval = evaluate(state["params"])
@@ -404,10 +437,28 @@ def train(config, workdir: str, devices=None) -> dict:
   ##################################################################### Finish
   summary = {"workdir": workdir, "step": int(step), "stopped_by": stopped_by,
              "checkpoints": ckpt.directory, "metrics": os.path.join(workdir, "metrics.jsonl"),
-             "parameters": n_params, "skipped_steps": skipped}
+             "parameters": model.count_params(state["params"]), "skipped_steps": skipped,
+             "total_flops": growth.total_flops(phases, step)}
   if step == t.steps:
     summary["final_eval_loss"] = (last_eval or evaluate(state["params"]))["eval_loss"]
   return summary
+
+
+def _grow(phases, k: int, programs: list[Program], state):
+  """Phase k's train state from phase k-1's, transformed on the mesh: sharded in, sharded out, the old one donated,
+  so under FSDP no host ever holds the whole model (growth.grow_state)."""
+  shardings = lambda p: jax.tree.map(lambda a: a.sharding, p.abstract_state)
+  old, new = programs[k - 1], programs[k]
+  transform = jax.jit(functools.partial(growth.grow_state, phases, k), in_shardings=(shardings(old),),
+                      out_shardings=shardings(new), donate_argnums=(0,))
+  with jax.set_mesh(new.mesh), warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Some donated buffers were not usable")  # new shapes: freed, not reused
+    return transform(state)
+
+
+def _describe(m) -> str:
+  return (f"{m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads of {cfg_lib.head_dim(m)}, "
+          f"mlp {cfg_lib.mlp_dim(m)}")
 
 
 class _Signals:

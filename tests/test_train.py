@@ -62,14 +62,14 @@ def _cli(config_path, workdir, *extra):
   return [sys.executable, "-m", "jaxtrain", f"--config={config_path}", f"--workdir={workdir}", *extra], env
 
 
-def _run_until_checkpoint_then(sig, config_path, workdir):
-  """Starts the CLI, sends `sig` once a checkpoint is committed; returns the finished process."""
+def _run_until_checkpoint_then(sig, config_path, workdir, after_step=0):
+  """Starts the CLI, sends `sig` once a checkpoint past `after_step` is committed; returns the finished process."""
   cmd, env = _cli(config_path, workdir)
   proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   ckpts = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 120
   while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+    if os.path.isdir(ckpts) and any(d.isdigit() and int(d) > after_step for d in os.listdir(ckpts)):
       proc.send_signal(sig)
       break
     time.sleep(0.01)
@@ -77,8 +77,9 @@ def _run_until_checkpoint_then(sig, config_path, workdir):
   return proc.returncode, out, err
 
 
-def killed_and_resumed(tmp_path, data_dir, steps, **overrides):
-  """(losses of an uninterrupted CLI run, losses of the same run SIGKILLed after its first checkpoint and rerun)."""
+def killed_and_resumed(tmp_path, data_dir, steps, after_step=0, **overrides):
+  """(losses of an uninterrupted CLI run, losses of the same run SIGKILLed after its first checkpoint past
+  `after_step` and rerun)."""
   overrides = {"train.steps": steps, "train.log_every": 1, "train.eval_every": 1000, "train.checkpoint_every": 10,
                "mesh.data": 1, **overrides}
   config_path = _config_file(tmp_path, data_dir, **overrides)
@@ -86,7 +87,7 @@ def killed_and_resumed(tmp_path, data_dir, steps, **overrides):
   cmd, env = _cli(config_path, reference)
   done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
-  code, _, _ = _run_until_checkpoint_then(signal.SIGKILL, config_path, killed)
+  code, _, _ = _run_until_checkpoint_then(signal.SIGKILL, config_path, killed, after_step)
   assert code == -signal.SIGKILL
   assert max(losses_by_step(killed), default=0) < steps, "the run finished before it could be killed"
   cmd, env = _cli(config_path, killed)
@@ -97,10 +98,13 @@ def killed_and_resumed(tmp_path, data_dir, steps, **overrides):
 
 
 @pytest.mark.slow
-def test_exact_resume_after_sigkill(tmp_path, data_dir):
-  ref, got = killed_and_resumed(tmp_path, data_dir, 300)
+def test_exact_resume_after_sigkill_past_a_growth_event(tmp_path, data_dir):
+  """Killed after the model grew (G_stack at step 20, jaxtrain/growth.py): the resume restores the grown model."""
+  ref, got = killed_and_resumed(tmp_path, data_dir, 300, after_step=30,
+                                **{"growth.events": [{"step": 20, "op": "stack", "g": 2}]})
   assert sorted(got) == list(range(1, 301))
   assert got == ref  # bit-identical: same parameters, optimizer state and batches after the restart
+  assert [r["step"] for r in read_metrics(str(tmp_path / "killed")) if "growth/event" in r] == [20]
 
 
 @pytest.mark.slow
