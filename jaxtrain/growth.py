@@ -6,6 +6,7 @@ arXiv 2308.06103, #6); spec: shared/research/growth.md §1.2-1.3, §2:
 
     stack          G_stack = G↑direct   layer i <- layer π(i), π(i) = i mod L (or any layer map)   not FP
     g_zero         G↑zero               layer i <- layer π(i), π(i) = ⌊i/g⌋; every repeat's W_O = W_down = 0   FP
+    g_learn        G↑learn (LiGO depth) layer i <- Σ_j w_ij · layer j, w fitted to the loss from π     not FP
     g_random       G↑random             new layers on top, freshly initialized                    not FP
     insert_layers  Gesmundo #6          new layers anywhere, fresh but W_O = W_down = 0            FP
 
@@ -27,7 +28,7 @@ unit init holds; under μS (jaxtrain/munit.py) every old linear is also rescaled
 multiplier's change with fan-in, so the product is kept.
 
 Every operator is `(m, params, ...) -> (new_m, new_params)`, with an explicit PRNG key where new entries are
-drawn, `params` the model's pytree (`model.init`, stacked blocks on a leading `layers` axis). With
+drawn (g_learn takes training batches instead), `params` the model's pytree (`model.init`, stacked blocks on a leading `layers` axis). With
 `with_index_map=True` it also returns where each new entry came from: per leaf, one int array per axis,
 new position -> old position or -1 for a new entry; `grow_opt_state` moves the optimizer's moments with it,
 under the policies the papers use (growth.md §4): `reset` (prts, LiGO: a fresh optimizer) or `copy` (MSG: old
@@ -50,9 +51,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import flops, model, munit, optim
+from jaxtrain import flops, losses, model, munit, optim
 from jaxtrain.config import ConfigError
 
 POLICIES = ("reset", "copy")
@@ -242,6 +245,42 @@ def g_zero(m, params, *, g: int | None = None, layer_map=None, with_index_map=Fa
   outs = _blocks_paths(m, "wo", "down")
   return _grow(m, params, _grown_config(m, num_layers=len(src)), None, {"layers": np.array(src)}, zero=outs,
                scale=_lns_gains(m, src), leaf_maps={p: {"layers": zeroed} for p in outs}, with_index_map=with_index_map)
+
+
+def g_learn(m, params, batches, *, g: int | None = None, layer_map=None, fit_steps: int = 100, fit_lr: float = 1e-3,
+            with_index_map=False):
+  """G↑learn (Du et al. 2024; LiGO's depth operator, Wang et al., ICLR 2023): layer i <- Σ_j w_ij · layer j.
+
+  One w ∈ R^{L̂×L} per block tensor (LiGO ties it per parameter type), initialized at G_stack's map (one-hot at
+  π(i), `layer_map` or the stack repeated g times) and fitted by Adam (`fit_lr`, ours: LiGO's is not published
+  in the spec) to the grown model's loss on `batches` ({"inputs", "targets"}: [fit_steps, B, T]), one step per batch,
+  as LiGO fits its operator for 100 steps before training the grown model. The loss is plain cross-entropy with
+  the model's output activation. Width is not learned here. Not function-preserving; with fit_steps = 0 it is `stack`.
+  """
+  src = _depth_args(m, g, layer_map, cycle_map, "g_learn")
+  if batches["inputs"].shape[0] != fit_steps:
+    raise ConfigError(f"g_learn: fit_steps={fit_steps} but {batches['inputs'].shape[0]} batches were given")
+  new_m, _, index_map = stack(m, params, layer_map=src, with_index_map=True)
+  graphdef = model.abstract(new_m)[0]
+  w0 = jax.tree.map(lambda _: jax.nn.one_hot(np.array(src), m.num_layers), params["blocks"])
+
+  def grown(w):
+    mix = lambda w_ij, x: jnp.einsum("ij,j...->i...", w_ij, x.astype(jnp.float32)).astype(x.dtype)
+    return {**params, "blocks": jax.tree.map(mix, w, params["blocks"])}
+
+  def loss(w, batch):
+    logits_BTV = nnx.merge(graphdef, grown(w))(batch["inputs"])
+    return losses.cross_entropy(logits_BTV, batch["targets"], output=m.output)[0]
+
+  tx = optax.adam(fit_lr)
+
+  def fit(carry, batch):
+    w, opt = carry
+    updates, opt = tx.update(jax.grad(loss)(w, batch), opt, w)
+    return (optax.apply_updates(w, updates), opt), None
+
+  (w, _), _ = jax.lax.scan(fit, (w0, tx.init(w0)), batches)
+  return (new_m, grown(w), index_map) if with_index_map else (new_m, grown(w))
 
 
 def g_random(m, params, key: jax.Array, *, num_layers: int, with_index_map=False):
@@ -445,7 +484,7 @@ def grow_opt_state(policy: str, old_opt_state, new_params_abstract, index_map):
 
 # ---------------------------------------------------------------- growth events: a run's schedule of operators
 
-OPERATORS = {"stack": stack, "g_zero": g_zero, "g_random": g_random, "insert_layers": insert_layers,
+OPERATORS = {"stack": stack, "g_zero": g_zero, "g_learn": g_learn, "g_random": g_random, "insert_layers": insert_layers,
              "expand_mlp": expand_mlp, "split_mlp": split_mlp, "add_heads": add_heads,
              "expand_head_dim": expand_head_dim, "expand_d_model": expand_d_model}
 LR_POLICIES = ("restart_warmup", "continue", "rewind")
@@ -459,12 +498,20 @@ def _op_args(op: str) -> list[str]:
   return [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n != "with_index_map"]
 
 
-def apply(m, params, op: str, args: dict, key: jax.Array | None = None, *, with_index_map: bool = False):
-  """Operator `op` (a name in OPERATORS) on (model config, params) with `args`; `key` for the ones that draw."""
+def apply(m, params, op: str, args: dict, key: jax.Array | None = None, batches=None, *,
+          with_index_map: bool = False):
+  """Operator `op` (a name in OPERATORS) on (model config, params) with `args`; `key` for the ones that draw,
+  `batches` for the one that learns (g_learn: {"inputs", "targets"} of shape [steps, B, T])."""
   fn = OPERATORS[op]
-  keyed = "key" in inspect.signature(fn).parameters
-  return (fn(m, params, key, **args, with_index_map=with_index_map) if keyed
-          else fn(m, params, **args, with_index_map=with_index_map))
+  extra = {"key": (key,), "batches": (batches,)}.get(list(inspect.signature(fn).parameters)[2], ())
+  return fn(m, params, *extra, **args, with_index_map=with_index_map)
+
+
+def learn_steps(event: dict) -> int:
+  """The batches an event's operator trains on before the grown model does (g_learn's `fit_steps`; else 0)."""
+  if "batches" not in inspect.signature(OPERATORS[event["op"]]).parameters:
+    return 0
+  return event.get("fit_steps", inspect.signature(OPERATORS[event["op"]]).parameters["fit_steps"].default)
 
 
 def event_key(seed: int, k: int) -> jax.Array:
@@ -545,12 +592,14 @@ def plan(config) -> list[Phase]:
     args = {n: ev[n] for n in _op_args(ev["op"]) if n in ev}
     grown = {}
 
-    def shape_only(params, ev=ev, args=args, m=m):
-      grown["m"], new_params = apply(m, params, ev["op"], args, jax.random.key(0))
+    def shape_only(params, batches, ev=ev, args=args, m=m):
+      grown["m"], new_params = apply(m, params, ev["op"], args, jax.random.key(0), batches)
       return new_params
 
+    B, T = config.train.global_batch, config.data.seq_len
+    batches = {k: jax.ShapeDtypeStruct((learn_steps(ev), B, T), jnp.int32) for k in ("inputs", "targets")}
     try:
-      jax.eval_shape(shape_only, jax.eval_shape(lambda: model.init(m, jax.random.key(0))))
+      jax.eval_shape(shape_only, jax.eval_shape(lambda: model.init(m, jax.random.key(0))), batches)
     except (ConfigError, TypeError) as e:
       raise ConfigError(f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']}): {e}") from None
     c = ml_collections.ConfigDict(config.to_dict())
@@ -575,16 +624,17 @@ def phase_at(phases: list[Phase], step: int) -> int:
   return sum(p.start < step for p in phases[1:])
 
 
-def grow_state(phases: list[Phase], k: int, state: dict) -> dict:
+def grow_state(phases: list[Phase], k: int, state: dict, batches=None) -> dict:
   """The train state of phase k from phase k-1's, at k's event: a pure function, jitted on the mesh by the trainer.
 
+  `batches`: for an operator that learns (g_learn), the `learn_steps` batches after the event, stacked.
   Parameters by the event's operator; the optimizer state by its `opt` policy (`grow_opt_state`); step and rng
   kept; FP8 delayed scaling's scales and histories start afresh for the new shapes.
   """
   ev, m_old, m_new = phases[k].event, phases[k - 1].config.model, phases[k].config.model
   args = {n: ev[n] for n in _op_args(ev["op"]) if n in ev}
   _, params, index_map = apply(m_old, state["params"], ev["op"], args, event_key(phases[0].config.seed, k),
-                               with_index_map=True)
+                               batches, with_index_map=True)
   opt_state = grow_opt_state(ev["opt"], state["opt_state"], params, index_map)
   new = {"step": state["step"], "params": params, "opt_state": opt_state, "rng": state["rng"]}
   if "fp8" in state:
@@ -593,10 +643,13 @@ def grow_state(phases: list[Phase], k: int, state: dict) -> dict:
 
 
 def total_flops(phases: list[Phase], step: int) -> float:
-  """Model FLOPs of the run's first `step` steps, each phase's steps at its model's cost (flops.py)."""
+  """Model FLOPs of the run's first `step` steps, each phase's steps at its model's cost (flops.py), and of the
+  operators that learn (g_learn: each of its steps a forward and backward pass of the grown model)."""
   ends = [p.start for p in phases[1:]] + [step]
   out = 0.0
   for p, end in zip(phases, ends):
     c = p.config
-    out += max(min(end, step) - p.start, 0) * flops.train_flops_per_step(c.model, c.data.seq_len, c.train.global_batch)
+    per_step = flops.train_flops_per_step(c.model, c.data.seq_len, c.train.global_batch)
+    learning = learn_steps(p.event) if p.event and step > p.start else 0
+    out += (max(min(end, step) - p.start, 0) + learning) * per_step
   return out

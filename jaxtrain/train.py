@@ -363,7 +363,9 @@ def train(config, workdir: str, devices=None) -> dict:
         if phase + 1 < len(phases) and step == phases[phase + 1].start:
           with clock.paused():  # the step before is saved (below); the data stream goes on where it was
             before = evaluate(state["params"])["eval_loss"]
-            state, phase = _grow(phases, phase + 1, programs, state), phase + 1
+            n_learn = growth.learn_steps(phases[phase + 1].event)  # g_learn fits its operator on the next batches
+            learn = [loader.batch(step + i, batch_sh) for i in range(n_learn)] if n_learn else None
+            state, phase = _grow(phases, phase + 1, programs, state, learn), phase + 1
             prog = programs[phase]
             after = evaluate(state["params"])["eval_loss"]
           n = model.count_params(state["params"])
@@ -444,16 +446,21 @@ def train(config, workdir: str, devices=None) -> dict:
   return summary
 
 
-def _grow(phases, k: int, programs: list[Program], state):
+def _grow(phases, k: int, programs: list[Program], state, batches=None):
   """Phase k's train state from phase k-1's, transformed on the mesh: sharded in, sharded out, the old one donated,
-  so under FSDP no host ever holds the whole model (growth.grow_state)."""
+  so under FSDP no host ever holds the whole model (growth.grow_state). `batches`: g_learn's, a list."""
   shardings = lambda p: jax.tree.map(lambda a: a.sharding, p.abstract_state)
   old, new = programs[k - 1], programs[k]
-  transform = jax.jit(functools.partial(growth.grow_state, phases, k), in_shardings=(shardings(old),),
-                      out_shardings=shardings(new), donate_argnums=(0,))
+
+  def transform(state, batches):
+    stacked = jax.tree.map(lambda *b: jnp.stack(b), *batches) if batches else None
+    return growth.grow_state(phases, k, state, stacked)
+
+  jitted = jax.jit(transform, in_shardings=(shardings(old), None), out_shardings=shardings(new),
+                   donate_argnums=(0,))
   with jax.set_mesh(new.mesh), warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Some donated buffers were not usable")  # new shapes: freed, not reused
-    return transform(state)
+    return jitted(state, batches)
 
 
 def _describe(m) -> str:

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import growth, model, optim
+from jaxtrain import growth, losses, model, optim
 from jaxtrain.config import ConfigError
 
 
@@ -272,3 +272,23 @@ def test_bad_input(change, call, message):
   with pytest.raises(ConfigError, match=message) as e:
     call(m, params)
   assert "\n" not in str(e.value)
+
+
+def test_g_learn_starts_at_g_stack_and_fits_its_operator():
+  """G↑learn (LiGO's depth operator): with no steps it is G_stack; its steps lower the grown model's loss."""
+  m = small()
+  params = perturbed(m)
+  tokens = jax.random.randint(jax.random.key(5), (4, 17), 0, 64)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  repeat = lambda n: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), batch)
+  stack_m, stacked = growth.stack(m, params, g=2)
+  same_m, same = growth.g_learn(m, params, repeat(0), g=2, fit_steps=0)
+  assert same_m == stack_m
+  jax.tree.map(np.testing.assert_array_equal, same, stacked)
+  learned = jax.jit(lambda p, b: growth.g_learn(m, p, b, g=2, fit_steps=30, fit_lr=1e-2)[1])(params, repeat(30))
+
+  def loss(p):
+    return float(losses.cross_entropy(logits(stack_m, p, batch["inputs"]), batch["targets"])[0])
+
+  assert loss(learned) < loss(stacked) - 0.05
+  assert jax.tree.map(jnp.shape, learned) == jax.tree.map(jnp.shape, stacked)

@@ -92,7 +92,7 @@ def test_a_grown_model_the_mesh_cannot_hold_is_refused_before_anything_is_writte
 
 
 EVENTS = ({"step": 6, "op": "expand_mlp", "mlp_dim": 128, "opt": "copy", "lr": "continue"},  # function-preserving
-          {"step": 12, "op": "stack", "g": 2})                                                  # not
+          {"step": 12, "op": "g_learn", "g": 2, "fit_steps": 3, "lr": "rewind"})  # not; fits on the next 3 batches
 
 
 def test_growth_in_the_loop_resumes_exactly_from_a_crash_during_an_event(tiny, tmp_path, monkeypatch):
@@ -104,10 +104,11 @@ def test_growth_in_the_loop_resumes_exactly_from_a_crash_during_an_event(tiny, t
   events = [r for r in rows if "growth/event" in r]
   assert [(r["step"], r["growth/event"]) for r in events] == [(6, 1), (12, 2)]
   assert events[0]["growth/eval_loss_after"] == pytest.approx(events[0]["growth/eval_loss_before"], rel=1e-5)
-  assert abs(events[1]["growth/eval_loss_after"] - events[1]["growth/eval_loss_before"]) > 1e-3  # G_stack jumps
+  assert abs(events[1]["growth/eval_loss_after"] - events[1]["growth/eval_loss_before"]) > 1e-3  # G_learn jumps
   phases = growth.plan(c)
   by_step = {r["step"]: r for r in rows if "loss" in r}
-  assert by_step[20]["total_flops"] == ref["total_flops"] == growth.total_flops(phases, 20)
+  f = [flops.train_flops_per_step(p.config.model, 32, 8) for p in phases]
+  assert by_step[20]["total_flops"] == ref["total_flops"] == 6 * f[0] + 6 * f[1] + (3 + 8) * f[2]  # g_learn's 3
   assert by_step[20]["tokens"] == 20 * 8 * 32
   assert sorted(int(s) for s in os.listdir(tmp_path / "ref" / "checkpoints")) == [6, 10, 12, 20]
   saved = lambda s: ocp.JsonCheckpointHandler().restore(tmp_path / "ref" / "checkpoints" / str(s) / "config")
@@ -117,16 +118,17 @@ def test_growth_in_the_loop_resumes_exactly_from_a_crash_during_an_event(tiny, t
   crashed = str(tmp_path / "crashed")
   real_grow, calls = train._grow, []
 
-  def crash_in_second_event(phases, k, programs, state):
+  def crash_in_second_event(phases, k, programs, state, batches):
     calls.append(k)
     if k == 2:
       raise KeyboardInterrupt("killed during the event")
-    return real_grow(phases, k, programs, state)
+    return real_grow(phases, k, programs, state, batches)
 
   monkeypatch.setattr(train, "_grow", crash_in_second_event)
   with pytest.raises(KeyboardInterrupt):
     train.train(c, crashed, devices=ONE)
   monkeypatch.setattr(train, "_grow", real_grow)
+  assert calls == [1, 2]
   assert sorted(int(s) for s in os.listdir(os.path.join(crashed, "checkpoints"))) == [6, 10, 12]
   train.train(c, crashed, devices=ONE)  # resumes from step 12 (the small model) and grows again
   assert losses_by_step(crashed) == losses_by_step(str(tmp_path / "ref"))  # bit-identical

@@ -1,5 +1,6 @@
 """Two processes as two hosts (tests/multihost.py): the same losses as one process, exact resume after both are
-killed, one stop decision for all hosts, resume onto another process count, and one restore step for all hosts.
+killed, one stop decision for all hosts, resume onto another process count, and one restore step for all hosts;
+every run grows its model mid-run.
 
 Every run is the real CLI; the processes share one 8-device mesh (4 simulated CPU devices each, gloo collectives).
 """
@@ -21,7 +22,10 @@ from tiny import tiny_config
 STEPS = 16
 OVERRIDES = {"train.steps": STEPS, "train.log_every": 1, "train.checkpoint_every": 4, "train.eval_every": 8,
              "train.keep_checkpoints": 4, "train.stop_check_every": 2,
-             "mesh.data": 1, "mesh.fsdp": 8}  # FSDP over both processes
+             "mesh.data": 1, "mesh.fsdp": 8,  # FSDP over both processes
+             # The model grows at a checkpoint's step (jaxtrain/growth.py), with fresh entries drawn: every run here
+             # crosses the event, on both processes alike.
+             "growth.events": [{"step": 8, "op": "expand_mlp", "mlp_dim": 128, "opt": "copy"}]}
 
 # One worker runs them all (`make test` runs `pytest -n 2 --dist loadfile`; xdist 3.8 ignored a module-level
 # xdist_group here): two runs of two processes at once on 2 cores would skew a run's processes towards gloo's 30 s
