@@ -135,7 +135,7 @@ def _grow(m, params, new_m, key, maps, *, zero=(), scale=None, leaf_maps=None, m
   moment_maps: {path: {axis name: map}} where the optimizer's moments follow a different map than the values
   """
   axes = _axes(m)
-  fresh = model.init(new_m, key) if key is not None else jax.eval_shape(lambda: model.init(new_m, jax.random.key(0)))
+  abstract_new = jax.eval_shape(lambda: model.init(new_m, jax.random.key(0)))
   scale = dict(scale or {})
   for path, f in _mus_factors(m, new_m).items():
     scale[path] = scale.get(path, 1.0) * f
@@ -145,23 +145,35 @@ def _grow(m, params, new_m, key, maps, *, zero=(), scale=None, leaf_maps=None, m
     own = {**maps, **overrides.get(path, {})}
     return AxisMap(tuple(np.asarray(own[n]) if n in own else np.arange(old.shape[k]) for k, n in enumerate(a)))
 
-  def one(keys, old, a, new):
+  def check(keys, old, a, new):  # the maps, from shapes alone: (the values' map, the moments' map, fresh or 0)
     path = _path(keys)
     am = amap(path, a, old, leaf_maps)
     if tuple(len(i) for i in am.idx) != new.shape:
       raise ValueError(f"growth map of {'/'.join(path)} gives {tuple(len(i) for i in am.idx)}, not {new.shape}")
-    has_new = any((i < 0).any() for i in am.idx)
-    if has_new and path not in zero and key is None:
+    needs_fresh = any((i < 0).any() for i in am.idx) and path not in zero
+    if needs_fresh and key is None:
       raise ValueError(f"{'/'.join(path)} gains entries that need a PRNG key")
-    fill = jnp.zeros(new.shape, new.dtype) if path in zero or not has_new else new
-    return regrid(old, am, fill, scale.get(path, 1.0)), amap(path, a, old, {**leaf_maps, **moment_maps})
+    return am, amap(path, a, old, {**leaf_maps, **moment_maps}), needs_fresh
 
-  both = jax.tree_util.tree_map_with_path(one, params, axes, fresh, is_leaf=lambda x: isinstance(x, tuple))
-  is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], AxisMap)
-  new_params = jax.tree.map(lambda x: x[0], both, is_leaf=is_pair)
+  is_leaf = lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
+  plan = jax.tree_util.tree_map_with_path(check, params, axes, abstract_new, is_leaf=is_leaf)
+  is_plan = lambda x: isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], AxisMap)
+
+  @jax.jit  # one program per call: eagerly, each small op would compile on its own
+  def values(params, key):
+    fresh = model.init(new_m, key) if key is not None else abstract_new
+
+    def one(keys, old, leaf_plan, new):
+      am, _, needs_fresh = leaf_plan
+      fill = new if needs_fresh else jnp.zeros(new.shape, new.dtype)
+      return regrid(old, am, fill, scale.get(_path(keys), 1.0))
+
+    return jax.tree_util.tree_map_with_path(one, params, plan, fresh, is_leaf=is_plan)
+
+  new_params = values(params, key)
   if not with_index_map:
     return new_m, new_params
-  return new_m, new_params, jax.tree.map(lambda x: x[1], both, is_leaf=is_pair)
+  return new_m, new_params, jax.tree.map(lambda x: x[1], plan, is_leaf=is_plan)
 
 
 def _blocks_paths(m, *names) -> set:
