@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -188,7 +189,7 @@ def main(argv=None) -> dict:
       "paired_ceiling_n": pair_n, "paired_ceiling_median_flops_per_s": statistics.median(paired),
       "compile_s": t2 - t0, "lower_s": t1 - t0, "xla_compile_s": t2 - t1, "memory_bytes": memory,
   }
-  if table_peak:
+  if table_peak and math.isfinite(table_peak):  # nan: an accelerator the table lacks
     res.update(table_peak_flops_per_s=table_peak, table_peak_source=table_src, mfu_median=step_flops / med / table_peak)
 
   print(f"steps:    {args.steps} timed after {args.warmup} warmup; final loss {loss:.3f}")
@@ -202,7 +203,7 @@ def main(argv=None) -> dict:
   print(f"ratio:    {res['ratio_median']:.1%} of the ceiling (median step), {res['ratio_best']:.1%} (best step)")
   print(f"paired:   {res['ratio_paired_median']:.1%} (median over steps of step FLOP/s / a {pair_n}^3 matmul timed right "
         f"after it; those matmuls: median {res['paired_ceiling_median_flops_per_s'] / 1e9:.1f} GFLOP/s)")
-  if table_peak:
+  if "mfu_median" in res:
     print(f"MFU:      {res['mfu_median']:.1%} of {table_peak / 1e12:.0f} TFLOP/s ({table_src})")
   if args.json:
     with open(args.json, "w") as f:

@@ -273,7 +273,7 @@ def parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
   from jaxtrain import malloc  # pylint: disable=g-import-not-at-top
-  if argv is None:  # a real command line: may restart the process with malloc tuned (see malloc.py)
+  if argv is None:  # a real command line: on a CPU run, may restart the process with malloc tuned (see malloc.py)
     malloc.tune_process()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "orbax", "jax._src", "grain"):  # TFDS warns of every custom builder config

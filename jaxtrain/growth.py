@@ -345,7 +345,8 @@ def split_mlp(m, params, key: jax.Array, *, mlp_dim: int, with_index_map=False):
   F = cfg_lib.mlp_dim(m)
   if mlp_dim <= F:
     raise ConfigError(f"split_mlp: mlp_dim={mlp_dim} must exceed the model's {F}")
-  gamma = np.concatenate([np.arange(F), np.asarray(jax.random.randint(key, (mlp_dim - F,), 0, F))])
+  with jax.ensure_compile_time_eval():  # γ is the index map: concrete even when called under jit (with a concrete key)
+    gamma = np.concatenate([np.arange(F), np.asarray(jax.random.randint(key, (mlp_dim - F,), 0, F))])
   counts = np.bincount(gamma, minlength=F)
   down = _blocks_paths(m, "down")
   per_unit = (1.0 / counts[gamma]).astype(np.float32)[None, :, None]  # [1, F̂, 1]
@@ -604,8 +605,8 @@ def plan(config) -> list[Phase]:
     args = {n: ev[n] for n in _op_args(ev["op"]) if n in ev}
     grown = {}
 
-    def shape_only(params, batches, ev=ev, args=args, m=m):
-      grown["m"], new_params = apply(m, params, ev["op"], args, jax.random.key(0), batches)
+    def shape_only(params, batches, ev=ev, args=args, m=m, key=jax.random.key(0)):
+      grown["m"], new_params = apply(m, params, ev["op"], args, key, batches)
       return new_params
 
     B, T = config.train.global_batch, config.data.seq_len
@@ -645,7 +646,9 @@ def grow_state(phases: list[Phase], k: int, state: dict, batches=None) -> dict:
   """
   ev, m_old, m_new = phases[k].event, phases[k - 1].config.model, phases[k].config.model
   args = {n: ev[n] for n in _op_args(ev["op"]) if n in ev}
-  _, params, index_map = apply(m_old, state["params"], ev["op"], args, event_key(phases[0].config.seed, k),
+  with jax.ensure_compile_time_eval():  # a concrete key inside the trainer's jit: split_mlp draws its map from it
+    key = event_key(phases[0].config.seed, k)
+  _, params, index_map = apply(m_old, state["params"], ev["op"], args, key,
                                batches, with_index_map=True)
   opt_state = grow_opt_state(ev["opt"], state["opt_state"], params, index_map)
   new = {"step": state["step"], "params": params, "opt_state": opt_state, "rng": state["rng"]}

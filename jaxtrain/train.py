@@ -414,7 +414,8 @@ def train(config, workdir: str, devices=None) -> dict:
           if clock.steps:  # a window of only the compiling first step has no throughput to report
             row["step_time"] = clock.elapsed() / clock.steps
             row["tokens_per_second"] = t.global_batch * config.data.seq_len / row["step_time"]
-            row["mfu"] = step_flops() / row["step_time"] / peak
+            if math.isfinite(peak):  # nan: an accelerator without a known peak (flops.py said so once)
+              row["mfu"] = step_flops() / row["step_time"] / peak
           writer.write(step, row)
           history = []
           clock.restart()

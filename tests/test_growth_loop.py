@@ -138,7 +138,8 @@ def test_growth_in_the_loop_resumes_exactly_from_a_crash_during_an_event(tiny, t
 @pytest.mark.parametrize("mesh", [dict(fsdp=8, data=1), dict(data=2, tensor=4)], ids=["fsdp8", "data2_tensor4"])
 def test_growth_on_the_mesh_gives_the_one_device_state(tiny, mesh):
   c = with_events(tiny(), {"step": 5, "op": "add_heads", "num_heads": 8, "opt": "copy"},
-                  {"step": 6, "op": "g_random", "num_layers": 3, "opt": "copy"})
+                  {"step": 6, "op": "split_mlp", "mlp_dim": 96, "opt": "copy"},
+                  {"step": 7, "op": "g_random", "num_layers": 3, "opt": "copy"})
   c.unlock()
   c.mesh.update(mesh)
   phases = growth.plan(c)
@@ -149,7 +150,7 @@ def test_growth_on_the_mesh_gives_the_one_device_state(tiny, mesh):
 
   def grown(programs, state):
     state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, programs[0].abstract_state))
-    for k in (1, 2):
+    for k in (1, 2, 3):
       state = train._grow(phases, k, programs, state)
     return jax.device_get(state)
 
@@ -160,4 +161,5 @@ def test_growth_on_the_mesh_gives_the_one_device_state(tiny, mesh):
   assert one["params"]["blocks"]["attn"]["wq"]["w"].shape[:2] == (3, 32)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one, sharded)
   mu = one["opt_state"][1].mu["blocks"]["mlp"]["down"]["w"]
-  assert (mu[:2] == 1).all() and not mu[2].any()  # copy: moments of old layers kept, the new one's zero
+  # copy: the old moments kept in place; split_mlp's new units and g_random's new layer start at zero
+  assert (mu[:2, :64] == 1).all() and not mu[:2, 64:].any() and not mu[2].any()

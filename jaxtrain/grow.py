@@ -1,0 +1,551 @@
+r"""Offline growth: a trained run's checkpoint -> a bigger model's checkpoint, in a new workdir, ready to train.
+
+    python -m jaxtrain.grow --from=runs/small --to=configs/lm_small.py:base --op=stack --workdir=runs/grown
+    python -m jaxtrain --config=configs/lm_small.py:base --workdir=runs/grown      # trains the grown model on
+
+What the official G_stack code does between its two runs ("Stacking Your Transformers", Du et al., NeurIPS 2024,
+tongxuluo/prts; spec shared/research/growth.md §1.3), on the device mesh, with jaxtrain/growth.py's operators:
+
+- The source: `--from`'s config.json and its newest checkpoint every host can read, read as the trainer reads it
+  (so, as there, a damaged newest step is moved to corrupt_checkpoints/ and the one before used, and Orbax
+  removes an interrupted save's temporary directory: do not grow from a run that is still saving). A source that
+  grew mid-run holds, at each step, the model of the growth phase that step is in (growth.plan, phase_at).
+- The target: `--to` (a config file[:arg]) with `--config.<field>=<value>` overrides, as `python -m jaxtrain`
+  reads them. The grown model must be the target's model (sizes compared resolved, as the checkpoint check does:
+  head_dim=None and head_dim=d_model/num_heads are one model); otherwise one line names the field that differs.
+  expand_d_model rescales model.norm.eps by D/D̂ (its exactness needs it): set the target's eps to the grown one.
+- The operators: `--op=OP[,OP...]`, applied left to right (`--op=expand_mlp,expand_d_model`). Each one's
+  arguments come from `--arg NAME=VALUE` (a Python literal: `--arg g=4`, `--arg at=[0,3]`, `--arg exact=False`;
+  with several ops `--arg OP.NAME=VALUE` gives one op an argument another also takes) or, where not given, from
+  the target's model: stack, g_zero and g_learn g = target layers / current layers (else give
+  `--arg layer_map=[...]`), g_random num_layers, expand_mlp and split_mlp mlp_dim, add_heads num_heads and num_kv_heads, expand_head_dim
+  head_dim, expand_d_model d_model; insert_layers needs `--arg at=[...]`. Fresh entries are drawn from
+  growth.event_key(seed, 0) (op i of the list: folded with i); `--seed` defaults to the target's config.seed.
+  g_learn fits its operator (`--arg fit_steps=N`) on the target's training batches from the grown run's first
+  step on, the ones that run then trains on first, as mid-run growth does with the batches after the event.
+- The step: 0 by default, the grown model starting a run of its own: its learning-rate schedule from the start,
+  warmup included, as G_stack's official code does (prts `iter_num` starts at 0), and its data from the start
+  too (prts skips the base's batches with --resume_id; here the data position is the step). `--keep_step`
+  keeps the source's step: the grown run continues the data stream where the source stopped (no batch seen
+  twice) and the target's schedule from that step; it needs the target's data setup to be the source's (the
+  checkpoint's data fingerprint) and train.steps past the step. For prts' recipe exactly (a new warmup and
+  schedule, the data continued), grow mid-run: config growth.events with lr=restart_warmup (growth.py).
+- The optimizer: `--opt reset` (default; a fresh optimizer of the target's config: G_stack's code, LiGO) or
+  `--opt copy` (MSG: the old moments moved with the parameters, zeros for new entries, the counts kept; needs
+  the source's optimizer kind). growth.grow_opt_state.
+- The transform runs on the target's mesh over all devices: the source state restored sharded onto it, one
+  jitted function from the source state's shardings to the target's, so no host holds the whole model.
+
+Written into `--workdir`: checkpoints/<step> (the grown state, the target config's JSON and its data
+fingerprint: what `python -m jaxtrain --config=<to> [same overrides] --workdir=<workdir>` resumes from),
+config.json, and grow.json: the source, its step, the operators with their resolved arguments, the policies,
+the eval loss before and after (on the target's validation batches), `source_total_flops` (the model FLOPs
+spent on the source, flops.py) and `growth_flops` (g_learn's fit), to add to the grown run's `total_flops` when
+comparing at equal compute.
+
+Refused before anything is built, in one line each (exit code 2), nothing written: a workdir that already holds
+checkpoints (nothing is ever overwritten), a source without config.json or checkpoints, an unknown op, an
+--arg no op takes or that is not a literal, an op that does not reach the target or a target it cannot reach.
+
+Multi-host: every host runs the same command (with --distributed, as `python -m jaxtrain`); the save is
+collective and only process 0 writes config.json and grow.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import json
+import logging
+import os
+import shlex
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxtrain import __main__ as cli
+from jaxtrain import checkpoint, data, flops, growth, hosts, model, optim, sharding, train
+from jaxtrain import config as cfg_lib
+from jaxtrain.config import ConfigError
+
+USAGE = ("python -m jaxtrain.grow --from=SOURCE_WORKDIR --to=CONFIG[:ARG] --op=OP[,OP...] --workdir=DIR\n"
+         "       [--arg NAME=VALUE ...] [--opt reset|copy] [--keep_step] [--seed N] [--no_eval]\n"
+         "       [--config.<field>=<value> ...] [--distributed ...] [--cpu_devices=N] [--flagfile=FILE]")
+
+log = logging.getLogger("jaxtrain")
+
+# Which operators change which model field: the hint when the grown model misses the target there.
+CHANGED_BY = {"num_layers": ("stack", "g_zero", "g_random", "insert_layers"), "mlp_dim": ("expand_mlp", "split_mlp"),
+              "num_heads": ("add_heads",), "num_kv_heads": ("add_heads",), "head_dim": ("expand_head_dim",),
+              "d_model": ("expand_d_model",)}
+
+
+# ---------------------------------------------------------------- operators and their arguments
+
+
+def parse_args(items: list[str]) -> dict:
+  """{'g': 4, 'stack.layer_map': [0, 1]} from ['g=4', 'stack.layer_map=[0,1]']: values are Python literals."""
+  out = {}
+  for item in items:
+    name, eq, raw = item.partition("=")
+    name = name.strip()
+    if not eq or not name:
+      raise ConfigError(f"--arg {item!r}: expected NAME=VALUE, e.g. --arg g=4 or --arg at=[0,3]")
+    try:
+      value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+      raise ConfigError(f"--arg {item}: {raw!r} is not a Python literal (a number, list, True/False, None)") from None
+    if name in out:
+      raise ConfigError(f"--arg {name} is given twice")
+    out[name] = value
+  return out
+
+
+def op_args(op: str) -> list[str]:
+  """The keyword arguments operator `op` takes (growth.py's signatures)."""
+  return growth._op_args(op)  # pylint: disable=protected-access
+
+
+def assign_args(ops: list[str], args: dict) -> list[dict]:
+  """Per op, the arguments `args` give it: NAME to every op taking NAME, OP.NAME to that op (one line on error)."""
+  if not ops or any(not op for op in ops):
+    raise ConfigError(f"--op={','.join(ops)}: name one operator or several joined by commas, e.g. --op=stack")
+  for op in ops:
+    if op not in growth.OPERATORS:
+      raise ConfigError(f"--op: unknown operator {op!r}; choose from {sorted(growth.OPERATORS)}")
+  if len(set(ops)) < len(ops):
+    raise ConfigError(f"--op={','.join(ops)} names an operator twice; give it the final size once, or grow twice")
+  per_op = [{} for _ in ops]
+  for name, value in args.items():
+    op, dot, arg = name.rpartition(".")
+    targets = [i for i, o in enumerate(ops) if (o == op if dot else arg in op_args(o))]
+    if dot and op not in ops:
+      raise ConfigError(f"--arg {name}: {op!r} is not an --op here (--op={','.join(ops)})")
+    if dot and arg not in op_args(op):
+      raise ConfigError(f"--arg {name}: {op} takes {op_args(op)}")
+    if not targets:
+      takes = "; ".join(f"{o} takes {op_args(o)}" for o in ops)
+      raise ConfigError(f"--arg {name}: no operator in --op={','.join(ops)} takes it ({takes})")
+    if len(targets) > 1:
+      raise ConfigError(f"--arg {name}: several operators take it; say which: --arg {ops[targets[0]]}.{arg}=...")
+    per_op[targets[0]][arg] = value
+  return per_op
+
+
+def infer_args(op: str, m, target, given: dict) -> dict:
+  """`given` plus what the target model implies for the arguments op leaves out (m: the model before op)."""
+  out = dict(given)
+  if op in ("stack", "g_zero", "g_learn") and "g" not in out and "layer_map" not in out:
+    L, T = m.num_layers, target.num_layers
+    if T <= L:
+      raise ConfigError(f"{op}: the target has {T} layers and the model {L}: growth adds layers; set the target's "
+                        f"model.num_layers above {L}, or drop {op}")
+    if T % L:
+      raise ConfigError(f"{op}: the target's {T} layers are not a multiple of the model's {L}: give the layers "
+                        f"explicitly, --arg layer_map=[...] ({T} indices in [0, {L}))")
+    out["g"] = T // L
+  elif op == "g_random":
+    out.setdefault("num_layers", target.num_layers)
+  elif op == "insert_layers" and "at" not in out:
+    raise ConfigError(f"insert_layers: say where the {target.num_layers - m.num_layers} new layer(s) go: "
+                      f"--arg at=[...] (a new layer before each listed index of the model's {m.num_layers} layers; "
+                      f"{m.num_layers}: on top)")
+  elif op in ("expand_mlp", "split_mlp"):
+    out.setdefault("mlp_dim", cfg_lib.mlp_dim(target))
+  elif op == "add_heads":
+    out.setdefault("num_heads", target.num_heads)
+    if "num_kv_heads" not in out and not (m.num_kv_heads is None and target.num_kv_heads is None):
+      out["num_kv_heads"] = cfg_lib.num_kv_heads(target)
+  elif op == "expand_head_dim":
+    out.setdefault("head_dim", cfg_lib.head_dim(target))
+  elif op == "expand_d_model":
+    out.setdefault("d_model", target.d_model)
+  return out
+
+
+def resolve(m, target, ops: list[str], given: list[dict], batch_shape: tuple[int, int] = (1, 8)):
+  """([(op, args)] with inferred arguments, the grown model config), worked out abstractly: nothing allocated.
+
+  `batch_shape`: (B, T) of the batches an operator that learns (g_learn) fits on. Raises ConfigError naming the op
+  for an operator that cannot apply, and the field for a grown model that is not the target's.
+  """
+  chain, cur = [], m
+  key = jax.random.key(0)  # concrete, outside the trace: split_mlp draws its unit map from it
+  for op, args in zip(ops, given):
+    try:
+      args = infer_args(op, cur, target, args)
+      out = {}
+
+      def shape_only(params, batches, cur=cur, op=op, args=args, out=out):
+        out["m"], new = growth.apply(cur, params, op, args, key, batches)
+        return new
+
+      n = growth.learn_steps({"op": op, **args})
+      jax.eval_shape(shape_only, model.abstract(cur)[1],
+                     {k: jax.ShapeDtypeStruct((n, *batch_shape), jnp.int32) for k in ("inputs", "targets")})
+    except (ConfigError, TypeError, ValueError) as e:  # an argument of the wrong kind: one line too
+      inferred = sorted(set(args) - set(given[len(chain)]))
+      hint = f" (inferred from the target: {', '.join(f'{k}={args[k]!r}' for k in inferred)})" if inferred else ""
+      raise ConfigError(f"--op {op}: {e}{hint}") from None
+    chain.append((op, args))
+    cur = out["m"]
+  check_reaches(cur, target, [op for op, _ in chain])
+  return chain, cur
+
+
+def check_reaches(grown, target, ops: list[str]) -> None:
+  """ConfigError naming the first model field (resolved, as checkpoint compatibility compares) that differs."""
+  have = checkpoint._semantics(grown.to_dict())  # pylint: disable=protected-access
+  want = checkpoint._semantics(target.to_dict())  # pylint: disable=protected-access
+  for key, value in want.items():
+    if key in have and have[key] != value:
+      by = CHANGED_BY.get(key, ())
+      if key == "norm.eps" and "expand_d_model" in ops:
+        fix = (f"expand_d_model rescales eps by D/D̂ to stay exact: set --config.model.norm.eps={have[key]!r} "
+               "(or set it so in the target's config file)")
+      elif by and not set(by) & set(ops):
+        fix = f"--op={','.join(ops)} does not change it; add {' or '.join(by)} to --op"
+        if key in ("head_dim", "mlp_dim") and target.get(key) is None:  # derived from d_model (and num_heads)
+          fix += f", or pin the target's (None derives it from d_model): --config.model.{key}={have[key]!r}"
+      elif by:
+        fix = f"give its size with --arg, or set the target's model.{key} to {have[key]!r}"
+      else:
+        fix = (f"growth keeps the source's model.{key}; set --config.model.{key}={have[key]!r} "
+               "(a different one would not be the trained model)")
+      raise ConfigError(f"the grown model's model.{key} is {have[key]!r}, the target's {value!r}: {fix}")
+
+
+# ---------------------------------------------------------------- the source run
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+  """The steps in a checkpoints directory, by name only (no Orbax: nothing is created or cleaned up)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def load_source_config(source: str):
+  """The source run's config (its config.json; sections a newer jaxtrain added filled from base())."""
+  path = os.path.join(source, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"--from={source}: no config.json there; name the workdir of a jaxtrain run") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"--from={source}: config.json is unreadable ({e})") from None
+  base = cfg_lib.base().to_dict()
+  for section, fields in base.items():
+    if isinstance(fields, dict):
+      saved[section] = {**fields, **saved.get(section, {})}
+    else:
+      saved.setdefault(section, fields)
+  return ml_collections.ConfigDict(saved)
+
+
+def _saved_data(directory: str, step: int) -> dict | None:
+  try:
+    with open(os.path.join(directory, str(step), "data", "metadata")) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+# ---------------------------------------------------------------- growing
+
+
+def _first_difference(got, want) -> str:
+  """The first state leaf (path) whose presence, shape or dtype differs, in words."""
+  name = lambda path: "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+  flat = lambda tree: {name(p): (tuple(x.shape), str(x.dtype))
+                       for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  g, w = flat(got), flat(want)
+  for path in list(w) + [p for p in g if p not in w]:
+    if g.get(path) != w.get(path):
+      return f"{path}: grown {g.get(path, 'absent')} vs target {w.get(path, 'absent')}"
+  return "the same leaves in another tree structure"
+
+
+def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: dict | None = None, *,
+         opt: str = "reset", keep_step: bool = False, seed: int | None = None, evaluate: bool = True,
+         devices=None) -> dict:
+  """Grows `source`'s newest checkpoint into `target_config`'s model and saves it as `workdir`'s first checkpoint.
+
+  `ops`: operator names (or one, or 'a,b'); `args`: {'NAME' or 'OP.NAME': value}, the rest inferred from the
+  target. Returns a summary (also in grow.json). Every host calls it; ConfigError (one line) for bad input,
+  raised before anything is built or written.
+  """
+
+  ##################################################################### Check everything cheap first
+  source, workdir = (os.path.abspath(os.path.expanduser(p)) for p in (source, workdir))
+  ops = [o.strip() for o in ops.split(",")] if isinstance(ops, str) else list(ops)
+  given = assign_args(ops, dict(args or {}))
+  if opt not in growth.POLICIES:
+    raise ConfigError(f"--opt={opt!r} is not one of {growth.POLICIES}")
+  out_ckpts = os.path.join(workdir, "checkpoints")
+  if checkpoint_steps(out_ckpts):  # (an interrupted save's temporary directory is no checkpoint: Orbax removes it)
+    raise ConfigError(f"--workdir={workdir} already holds checkpoints (steps {checkpoint_steps(out_ckpts)}); growth "
+                      "never overwrites a run: use a new --workdir")
+  if not os.path.isdir(source):
+    raise ConfigError(f"--from={source} does not exist; name the workdir of a trained jaxtrain run")
+  src_ckpts = os.path.join(source, "checkpoints")
+  src_steps = checkpoint_steps(src_ckpts)
+  if not src_steps:
+    raise ConfigError(f"--from={source} has no checkpoints (in {src_ckpts}); train it first, or name another run")
+  src_config = load_source_config(source)
+  try:
+    src_phases = growth.plan(src_config)
+  except cfg_lib.ConfigError as e:
+    raise ConfigError(f"--from={source}: its config.json: {e}") from None
+
+  tokenizer = data.make_tokenizer(target_config.data)
+  devices = list(devices or jax.devices())
+  check = functools.partial(cfg_lib.validate, num_devices=len(devices), vocab_size=tokenizer.vocab_size,
+                            platform=devices[0].platform, process_count=len({d.process_index for d in devices}),
+                            local_devices=sum(d.process_index == jax.process_index() for d in devices),
+                            compute_capability=getattr(devices[0], "compute_capability", None))
+  mesh_shape = check(target_config)
+  phases = growth.plan(target_config)
+  for p in phases[1:]:
+    with growth.event_errors(p):
+      check(p.config)
+
+  def at(src_step):
+    """(source phase, output step, target phase) for a source checkpoint at src_step."""
+    step = src_step if keep_step else 0
+    return src_phases[growth.phase_at(src_phases, src_step)], step, phases[growth.phase_at(phases, step)]
+
+  newest = src_steps[-1]
+  if keep_step and newest >= target_config.train.steps:
+    raise ConfigError(f"--keep_step: the source is at step {newest}, not before the target's train.steps="
+                      f"{target_config.train.steps}: raise --config.train.steps, or grow to step 0 (no --keep_step)")
+  src_phase, _, out_phase = at(newest)
+  batch_shape = (target_config.train.global_batch, target_config.data.seq_len)
+  resolved = {id(src_phase): resolve(src_phase.config.model, out_phase.config.model, ops, given, batch_shape)}
+
+  loader = data.TrainData(target_config.data, seq_len=target_config.data.seq_len,
+                          global_batch=target_config.train.global_batch, seed=target_config.seed)
+  fingerprint = loader.fingerprint()
+  if keep_step:
+    saved = (_saved_data(src_ckpts, newest) or {}).get("fingerprint")
+    for key in fingerprint:
+      if saved is not None and saved.get(key) != fingerprint.get(key):
+        raise ConfigError(f"--keep_step continues the source's data stream, but the target's data differs ({key}: "
+                          f"source {saved.get(key)!r} vs target {fingerprint.get(key)!r}): set the target's back, or "
+                          "grow to step 0 (no --keep_step)")
+
+  ##################################################################### Mesh and programs
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  hosts.open_collectives(mesh)
+  batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
+
+  def source_config(p):
+    c = ml_collections.ConfigDict(p.config.to_dict())
+    c.train.microbatches = target_config.train.microbatches  # for the eval on the target's batches
+    return c
+
+  src_programs = {}
+
+  def src_program(step):
+    p = at(step)[0]
+    if id(p) not in src_programs:
+      try:
+        src_programs[id(p)] = train.build(source_config(p), mesh, p.lr_schedule, p.peak_lr)
+      except cfg_lib.ConfigError as e:
+        raise ConfigError(f"the source model on the target's mesh {mesh_shape}: {e}") from None
+    return src_programs[id(p)]
+
+  with growth.event_errors(out_phase):
+    prog = train.build(out_phase.config, mesh, out_phase.lr_schedule, out_phase.peak_lr)
+  tx, _ = optim.make(out_phase.config, prog.param_axes, out_phase.lr_schedule, out_phase.peak_lr)
+
+  seed = target_config.seed if seed is None else seed
+  # Op i draws from fold_in(event_key(seed, 0), i), made here, not in the trace: split_mlp needs a concrete key.
+  keys = [jax.random.fold_in(growth.event_key(seed, 0), i) for i in range(len(ops))]
+  fp8 = model.fp8_state(out_phase.config.model) if "fp8" in prog.abstract_state else None
+
+  def transform(state, batches, chain, m, step):
+    """The target's train state from the source's: params by the ops in turn, the optimizer by `opt`."""
+    params, index_map = state["params"], None
+    stacked = jax.tree.map(lambda *b: jnp.stack(b), *batches) if batches else None
+    for i, (op, op_args) in enumerate(chain):
+      m, params, imap = growth.apply(m, params, op, op_args, keys[i], stacked, with_index_map=True)
+      index_map = imap if index_map is None else growth.compose_index_maps(index_map, imap)
+    params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, prog.abstract_state["params"])
+    opt_state = (tx.init(params) if opt == "reset"
+                 else growth.grow_opt_state("copy", state["opt_state"], params, index_map))
+    new = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state, "rng": state["rng"]}
+    if fp8 is not None:
+      new["fp8"] = fp8
+    return new
+
+  compiled = {}
+
+  def compile_for(src_step):
+    """(the jitted transform of a source state at src_step, its ops with their arguments), checked abstractly."""
+    sp, step, op_ = at(src_step)
+    if op_ is not out_phase:  # only with --keep_step, a fallback past damage, and growth events in the target
+      raise ConfigError(f"the newest readable source checkpoint, step {src_step}, falls in another growth phase of the "
+                        f"target than step {newest} did: grow from a source whose newest step is readable")
+    if (id(sp), step) in compiled:
+      return compiled[id(sp), step]
+    if id(sp) not in resolved:
+      resolved[id(sp)] = resolve(sp.config.model, out_phase.config.model, ops, given, batch_shape)
+    chain_here = resolved[id(sp)][0]
+    in_abstract = src_program(src_step).abstract_state
+    shardings = lambda abstract: jax.tree.map(lambda a: a.sharding, abstract)
+    # g_learn fits on the batches the grown run trains on first (as mid-run: the ones after the event)
+    n_learn = sum(growth.learn_steps({"op": op, **a}) for op, a in chain_here)
+    batches = [loader.batch(step + i, batch_sh) for i in range(n_learn)]
+    fn = jax.jit(functools.partial(transform, chain=chain_here, m=sp.config.model, step=step),
+                 in_shardings=(shardings(in_abstract), None), out_shardings=shardings(prog.abstract_state),
+                 donate_argnums=(0,))
+    with jax.set_mesh(mesh):
+      traced = fn.trace(in_abstract, batches)
+    got = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), traced.out_info)
+    want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), prog.abstract_state)
+    if jax.tree.structure(got) != jax.tree.structure(want) or jax.tree.leaves(got) != jax.tree.leaves(want):
+      what = _first_difference(got, want)
+      if opt == "reset":
+        raise ConfigError(f"the grown train state does not fit the target's ({what})")
+      raise ConfigError(f"--opt=copy moves the source's optimizer state (optim.name={sp.config.optim.name}), which "
+                        f"does not fit the target's (optim.name={target_config.optim.name}; {what}): use --opt=reset, "
+                        "or the source's optimizer settings")
+    with jax.set_mesh(mesh), warnings.catch_warnings():
+      warnings.filterwarnings("ignore", "Some donated buffers were not usable")  # new shapes: freed, not reused
+      exe = traced.lower().compile()
+    compiled[id(sp), step] = (lambda state: exe(state, batches)), chain_here, n_learn
+    return compiled[id(sp), step]
+
+  compile_for(newest)  # checked and compiled before the checkpoint is read
+
+  ##################################################################### Restore, grow, evaluate
+  src = checkpoint.Checkpointer(src_ckpts, keep=max(len(src_steps), 1))
+  try:
+    restored = src.restore_latest(lambda s: src_program(s).abstract_state,
+                                  lambda s: at(s)[0].config.model.to_dict())
+  finally:
+    src.close()
+  if restored is None:
+    raise ConfigError(f"--from={source}: no checkpoint in {src_ckpts} could be restored")
+  src_step = restored.step
+  sp, step, _ = at(src_step)
+  grow_fn, chain, n_learn = compile_for(src_step)
+  eval_batches = (data.eval_batches(target_config.data, seq_len=target_config.data.seq_len,
+                                    global_batch=target_config.train.global_batch,
+                                    num_batches=target_config.train.eval_batches, sharding=batch_sh)
+                  if evaluate else None)
+  before = (train.evaluate_batches(src_program(src_step).eval_step, restored.state["params"], eval_batches)["eval_loss"]
+            if evaluate else None)
+  with jax.set_mesh(mesh):
+    state = grow_fn(restored.state)
+  after = train.evaluate_batches(prog.eval_step, state["params"], eval_batches)["eval_loss"] if evaluate else None
+
+  ##################################################################### Write
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+  out = checkpoint.Checkpointer(out_ckpts, keep=target_config.train.keep_checkpoints)
+  try:
+    out.save(step, state, fingerprint, json.loads(out_phase.config.to_json_best_effort()))
+    out.wait()
+  finally:
+    out.close()
+  summary = {
+      "source": source, "source_step": int(src_step), "step": int(step), "ops": [[op, a] for op, a in chain],
+      "opt": opt, "seed": seed, "keep_step": keep_step,
+      "source_parameters": model.count_params(src_program(src_step).abstract_state["params"]),
+      "parameters": model.count_params(state["params"]),
+      "source_total_flops": growth.total_flops(src_phases, src_step),
+      # g_learn's fit: each of its steps a forward and backward pass of the grown model (as growth.total_flops counts)
+      "growth_flops": n_learn * flops.train_flops_per_step(out_phase.config.model, target_config.data.seq_len,
+                                                          target_config.train.global_batch),
+      "eval_loss_before": before, "eval_loss_after": after, "workdir": workdir, "checkpoints": out.directory,
+      "model": train._describe(out_phase.config.model),  # pylint: disable=protected-access
+      "source_model": train._describe(sp.config.model),  # pylint: disable=protected-access
+  }
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(json.loads(phases[0].config.to_json_best_effort()), f, indent=2)
+    with open(os.path.join(workdir, "grow.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=repr)
+  return summary
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+  """The flags; `--config.` overrides (of the target) and `--flagfile` are split off first, as the CLI does."""
+  p = cli._Parser(  # pylint: disable=protected-access  # the CLI's argparse: errors as one line (UsageError)
+      prog="python -m jaxtrain.grow", usage=USAGE, description=__doc__, allow_abbrev=False,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--from", dest="source", required=True, metavar="DIR", help="the trained run's workdir")
+  p.add_argument("--to", required=True, metavar="CONFIG[:ARG]",
+                 help="the target's config file (with --config.<field>=<value> overrides)")
+  p.add_argument("--op", required=True, metavar="OP[,OP...]",
+                 help=f"growth operators, applied left to right: {', '.join(growth.OPERATORS)}")
+  p.add_argument("--workdir", required=True, help="the grown run's new workdir (must hold no checkpoints)")
+  p.add_argument("--arg", action="append", default=[], metavar="[OP.]NAME=VALUE",
+                 help="an operator argument, a Python literal (g=4, at=[0,3], layer_map=[0,0,1,1]); the ones "
+                      "not given are inferred from the target's model")
+  p.add_argument("--opt", default="reset", choices=("reset", "copy"),
+                 help="the optimizer state: reset (a fresh one, default: G_stack's code) or copy (MSG: moments "
+                      "moved with the parameters, counts kept)")
+  p.add_argument("--keep_step", action="store_true",
+                 help="keep the source's step (continue its data stream and the schedule there) instead of step 0")
+  p.add_argument("--seed", type=int, help="the PRNG seed of fresh entries (default: the target's config.seed)")
+  p.add_argument("--no_eval", action="store_true", help="skip the eval loss before and after growth")
+  p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
+  p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
+  p.add_argument("--num_processes", type=int, metavar="N", help="number of processes (implies --distributed)")
+  p.add_argument("--process_id", type=int, metavar="I", help="this process's id (implies --distributed)")
+  p.add_argument("--cpu_devices", type=int, metavar="N", help="simulated CPU devices in this process")
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  """The CLI: 0 when the grown checkpoint is written, 2 for a command that cannot run (one line)."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+  for noisy in ("absl", "orbax", "jax._src", "grain"):
+    logging.getLogger(noisy).setLevel(logging.ERROR)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    try:
+      rest, overrides = cli.split_overrides(cli.expand_flagfiles(argv))
+      args = parser().parse_args(rest)
+    except cli.UsageError as e:
+      raise cfg_lib.ConfigError(str(e)) from None
+    target = cfg_lib.load(args.to, overrides)
+    op_args = parse_args(args.arg)
+    try:
+      cli.start_jax(args)
+    except cli.UsageError as e:
+      raise cfg_lib.ConfigError(str(e)) from None
+    s = grow(args.source, target, args.op, args.workdir, op_args, opt=args.opt, keep_step=args.keep_step,
+             seed=args.seed, evaluate=not args.no_eval)
+  except (cfg_lib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+    print(f"jaxtrain.grow: error: {e}", file=sys.stderr)
+    return 2
+  ops = ", ".join(f"{op}({', '.join(f'{k}={v!r}' for k, v in a.items())})" for op, a in s["ops"])
+  print(f"\ngrew {s['source']} (step {s['source_step']}: {s['source_model']}, {s['source_parameters'] / 1e6:.2f}M "
+        f"parameters) by {ops}")
+  print(f"into {s['workdir']} (step {s['step']}: {s['model']}, {s['parameters'] / 1e6:.2f}M parameters; "
+        f"optimizer {s['opt']})")
+  if s["eval_loss_before"] is not None:
+    print(f"eval loss {s['eval_loss_before']:.4f} -> {s['eval_loss_after']:.4f}")
+  fit = f" + {s['growth_flops']:.4g} for g_learn's fit" if s["growth_flops"] else ""
+  print(f"compute so far: {s['source_total_flops']:.4g} FLOPs on the source{fit} (grow.json: add it to the grown "
+        "run's total_flops at equal-compute comparisons)")
+  over = " ".join(shlex.quote(f"--config.{o}") for o in overrides)
+  print(f"train it on:  python -m jaxtrain --config={args.to} {over + ' ' if over else ''}--workdir={args.workdir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
