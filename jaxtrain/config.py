@@ -65,7 +65,7 @@ def base() -> ml_collections.ConfigDict:
       max_seq_len=2048,
       rope_theta=10_000.0,
       init_std=0.02,
-      param_dtype="float32",   # what parameters and optimizer state are stored in
+      param_dtype="float32",   # what parameters and optimizer state are stored in (bfloat16 is refused: no master copy)
       compute_dtype="float32", # what matmuls run in (bfloat16 for speed on GPU/TPU)
       scan_layers=True,        # lax.scan over layers: compile time independent of depth
       remat="none",            # none | full | dots (save matmul outputs, recompute the rest)
@@ -401,6 +401,10 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
                       f"{m.num_layers}] (or None: ⌊mix_post_fraction·num_layers⌋)")
   if not 0 < m.norm.res_post_tau < 1:
     raise ConfigError(f"model.norm.res_post_tau={m.norm.res_post_tau} must be in (0, 1)")
+  if m.param_dtype == "bfloat16":
+    raise ConfigError("model.param_dtype=bfloat16 would store the weights and AdamW's moments in bfloat16, where late "
+                      "small updates round away: keep model.param_dtype=float32 (the master weights) and set "
+                      "model.compute_dtype=bfloat16 for bfloat16 matmuls")
   if m.attention == "cudnn" and m.compute_dtype == "float32":
     raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
   if m.attention == "cudnn" and platform not in (None, "gpu"):

@@ -39,16 +39,18 @@ from jaxtrain import munit, placement
 from jaxtrain.sharding import constrain, is_axes
 
 
-def matmul(eq: str, x: jax.Array, w: jax.Array, dtype, *, alpha: float = 1.0, recipe=None, side=None) -> jax.Array:
+def matmul(eq: str, x: jax.Array, w: jax.Array, dtype, *, alpha: float = 1.0, recipe=None, side=None,
+           out_dtype=None) -> jax.Array:
   """The one dot product of every linear layer: α·einsum(eq, x, w) in the compute dtype, or in FP8.
 
-  alpha:  a static output multiplier (μS's 1/√fan_in); 1 adds nothing to the program.
-  recipe: an `fp8.Recipe` (static or delayed FP8 casts) or None (the compute dtype).
-  side:   FP8 only: the linear's delayed-scaling state and/or diagnostics probe (see fp8.py).
+  alpha:     a static output multiplier (μS's 1/√fan_in); 1 adds nothing to the program.
+  recipe:    an `fp8.Recipe` (static or delayed FP8 casts) or None (the compute dtype).
+  side:      FP8 only: the linear's delayed-scaling state and/or diagnostics probe (see fp8.py).
+  out_dtype: the product's dtype where it must not be rounded to the compute dtype (the LM head: float32).
   """
   if recipe is not None:
     return fp8_lib.einsum(eq, x, w, alpha=alpha, recipe=recipe, out_dtype=dtype, side=side)
-  y = jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
+  y = jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype)
   return y if alpha == 1.0 else y * alpha
 
 
@@ -79,11 +81,13 @@ class Linear(nnx.Module):
     n = fan_in(eq, shape)
     std, self.alpha = munit.init_std(m, std), munit.multiplier(m, role, n)
     self.recipe = fp8_lib.recipe(m) if role == "hidden" else None
+    self.out_dtype = jnp.dtype("float32") if role == "head" else None  # logits leave the head unrounded, for the loss
     w = std * jax.random.normal(rngs.params(), shape, jnp.dtype(m.param_dtype))
     self.w = nnx.Param(w, axes=axes, info=ParamInfo(role, n))
 
   def __call__(self, x, side=None):
-    return matmul(self.eq, x, self.w[...], self.dtype, alpha=self.alpha, recipe=self.recipe, side=side)
+    return matmul(self.eq, x, self.w[...], self.dtype, alpha=self.alpha, recipe=self.recipe, side=side,
+                  out_dtype=self.out_dtype)
 
 
 class Norm(nnx.Module):
@@ -392,7 +396,8 @@ class Transformer(nnx.Module):
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
     if self.m.tie_embeddings:  # refused under μS (config.validate): no multiplier here
-      logits_BTV = matmul("btd,vd->btv", x_BTD, self.embed[...], jnp.dtype(self.m.compute_dtype))
+      logits_BTV = matmul("btd,vd->btv", x_BTD, self.embed[...], jnp.dtype(self.m.compute_dtype),
+                          out_dtype=jnp.float32)
     else:
       logits_BTV = self.head(x_BTD)
     return constrain(logits_BTV, ("batch", None, "vocab"))

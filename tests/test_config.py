@@ -68,6 +68,7 @@ def test_config_file_with_unknown_key(tmp_path):
     ({"model.norm.eps": 0.0}, 1, "model.norm.eps=0.0 must be positive"),
     ({"train.eval_batches": 0}, 1, "train.eval_batches=0 must be positive"),
     ({"optim.lr": 0.0}, 1, "optim.lr=0.0 must be positive"),
+    ({"model.param_dtype": "bfloat16"}, 1, "late small updates round away: keep model.param_dtype=float32"),
     ({"optim.clip_norm": -1.0}, 1, "optim.clip_norm=-1.0 must be >= 0"),
     ({"optim.b2": 1.0}, 1, r"optim.b2=1.0 must be in \[0, 1\)"),
     ({"optim.min_lr_ratio": 2.0}, 1, r"optim.min_lr_ratio=2.0 must be in \[0, 1\]"),

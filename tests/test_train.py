@@ -359,3 +359,23 @@ def test_evaluation_keeps_a_bounded_number_of_steps_in_flight():
   out = train.evaluate_batches(eval_step, None, list(range(64)))
   assert out["eval_loss"] == pytest.approx(sum(2.0 * b for b in range(64)) / (4.0 * 64))
   assert max(most) == train.EVAL_IN_FLIGHT
+
+
+def test_bfloat16_compute_tracks_float32_with_float32_logits(tiny, tmp_path):
+  """Mixed precision: float32 master weights and moments, bfloat16 matmuls, the LM head's logits in float32."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jaxtrain import model  # pylint: disable=import-outside-toplevel
+  c = tiny(model__compute_dtype="bfloat16", model__tie_embeddings=False)
+  params = model.init(c.model, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+  logits = nnx.merge(model.abstract(c.model)[0], params)(tokens)
+  assert logits.dtype == np.float32
+  rounded = logits.astype(jax.numpy.bfloat16).astype(np.float32)  # what rounding the head's output would give
+  assert np.abs(logits - rounded).max() > 0
+  runs = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = tiny(model__compute_dtype=dtype, train__steps=60, train__log_every=10, train__eval_every=1000)
+    train.train(cfg, str(tmp_path / dtype), devices=ONE)
+    runs[dtype] = np.array([v for _, v in sorted(losses_by_step(str(tmp_path / dtype)).items())])
+  assert runs["float32"][-1] < runs["float32"][0] - 1.0  # both learn ...
+  np.testing.assert_allclose(runs["bfloat16"], runs["float32"], rtol=0.02)  # ... and stay within 2% of each other
