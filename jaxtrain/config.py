@@ -69,7 +69,7 @@ def base() -> ml_collections.ConfigDict:
       compute_dtype="float32", # what matmuls run in (bfloat16 for speed on GPU/TPU)
       scan_layers=True,        # lax.scan over layers: compile time independent of depth
       remat="none",            # none | full | dots (save matmul outputs, recompute the rest)
-      attention="xla",         # xla (einsum; all platforms) | cudnn (jax.nn.dot_product_attention)
+      attention="auto",        # auto (per platform) | blocked (CPU kernel) | xla | cudnn: jaxtrain/attention.py
       output="softmax",        # softmax | stablemax: the output activation of the loss (jaxtrain/stablemax.py)
       parametrization="sp",    # sp (standard) | mus (μnit Scaling: unit init, static 1/√fan_in multipliers)
       mus=dict(                # parametrization=mus only (d_base also for the optimizer's per-group rules)
@@ -303,7 +303,7 @@ _CHOICES = {
     "model.norm.kind": ("rmsnorm", "layernorm"),
     "model.norm.placement": PLACEMENTS,
     "model.remat": ("none", "full", "dots"),
-    "model.attention": ("xla", "cudnn"),
+    "model.attention": ("auto", "blocked", "xla", "cudnn"),
     "model.output": OUTPUTS,
     "model.parametrization": ("sp", "mus"),
     "model.mus.attn_scale": ("inv_sqrt", "inv"),
@@ -408,7 +408,7 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
   if m.attention == "cudnn" and m.compute_dtype == "float32":
     raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
   if m.attention == "cudnn" and platform not in (None, "gpu"):
-    raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=xla")
+    raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=auto")
   if t.loss_dtype == "float64" and platform == "tpu":
     raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
   _validate_mus_fp8(m, micro * d.seq_len, platform, compute_capability)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import flops, losses, model
+from jaxtrain import attention, flops, losses, model
 
 
 def forward(m, params, tokens):
@@ -123,16 +123,16 @@ def test_flop_formula_matches_xla_count(m):
 
 
 def test_query_blocks_cover_the_sequence():
-  assert model.query_blocks(32) == [(0, 32)]  # blocks under 64 rows cost more than they save
-  assert model.query_blocks(128) == [(0, 64), (64, 128)]
-  assert model.query_blocks(256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
-  assert model.query_blocks(200) == [(0, 100), (100, 200)]
-  assert model.query_blocks(257) == [(0, 64), (64, 128), (128, 192), (192, 257)]
+  assert attention.query_blocks(32) == [(0, 32)]  # blocks under 64 rows cost more than they save
+  assert attention.query_blocks(128) == [(0, 64), (64, 128)]
+  assert attention.query_blocks(256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
+  assert attention.query_blocks(200) == [(0, 100), (100, 200)]
+  assert attention.query_blocks(257) == [(0, 64), (64, 128), (128, 192), (192, 257)]
 
 
 @pytest.mark.parametrize("G, T", [(4, 12), (2, 12), (1, 12), (2, 128), (1, 256), (2, 257)])
 def test_attention_value_and_gradient_match_plain_softmax(G, T):
-  """The blocked, recomputing `causal_attention` (value and gradient) equals autodiff of the textbook formula."""
+  """Every CPU kernel (value and gradient; the blocked one recomputes) equals autodiff of the textbook formula."""
   B, H, K = 2, 4, 8
   q, k, v = (jax.random.normal(jax.random.key(i), (B, T, n, K)) * 2 for i, n in enumerate((H, G, G)))
 
@@ -142,12 +142,24 @@ def test_attention_value_and_gradient_match_plain_softmax(G, T):
     logits = jnp.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
     return jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits, -1), v), logits
 
-  out, max_logit = model.causal_attention(q, k, v)
   ref, logits = plain(q, k, v)
-  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(max_logit, jnp.max(jnp.where(jnp.isfinite(logits), jnp.abs(logits), 0)), rtol=1e-6)
-  ct = jax.random.normal(jax.random.key(9), out.shape)
-  grads = jax.grad(lambda *a: jnp.sum(model.causal_attention(*a)[0] * ct), argnums=(0, 1, 2))(q, k, v)
+  ct = jax.random.normal(jax.random.key(9), ref.shape)
   ref_grads = jax.grad(lambda *a: jnp.sum(plain(*a)[0] * ct), argnums=(0, 1, 2))(q, k, v)
-  for g, r in zip(grads, ref_grads):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+  for kind in ("blocked", "xla"):  # every kernel that runs on CPU
+    out, max_logit = attention.causal(q, k, v, kind)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda *a: jnp.sum(attention.causal(*a, kind)[0] * ct), argnums=(0, 1, 2))(q, k, v)
+    for g, r in zip(grads, ref_grads):
+      np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+    if kind == "blocked":
+      np.testing.assert_allclose(max_logit, jnp.max(jnp.where(jnp.isfinite(logits), jnp.abs(logits), 0)), rtol=1e-6)
+    else:
+      assert np.isnan(max_logit)  # XLA's and cuDNN's kernels hide the logits
+
+
+def test_auto_attention_picks_the_platform_kernel():
+  assert attention.kernel("auto", "float32", "cpu") == "blocked"
+  assert attention.kernel("auto", "bfloat16", "gpu") == "cudnn"
+  assert attention.kernel("auto", "float32", "gpu") == "xla"  # cuDNN's fused kernel needs 16-bit inputs
+  assert attention.kernel("auto", "bfloat16", "tpu") == "xla"
+  assert attention.kernel("xla", "float32", "cpu") == "xla"
