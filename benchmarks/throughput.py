@@ -2,6 +2,10 @@
 
     python benchmarks/throughput.py                       # the benchmark config
     python benchmarks/throughput.py --dtype bfloat16 --batch 32 --json out.json
+    python benchmarks/throughput.py --size 1b             # on one GPU: LLaMA-style ~1B, bf16, seq 2048
+
+`--size` sets a single-GPU preset (SIZES: 125m, 350m, 1b at seq 2048, a 32000-token vocabulary, bfloat16
+compute, `model.attention=auto`, i.e. cuDNN's fused kernel on a GPU); flags given after it still apply.
 
 Builds the model, optimizer and train step with `jaxtrain.train.build`, as
 `jaxtrain.train.train` does (the same mesh, shardings, donation and malloc
@@ -32,9 +36,14 @@ import types
 
 
 
+# Single-GPU presets (d_model, layers, heads, global batch): GPT-3 125M and 350M shapes, a LLaMA-style ~1B.
+SIZES = {"125m": (768, 12, 12, 16), "350m": (1024, 24, 16, 8), "1b": (2048, 18, 16, 8)}
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--size", choices=sorted(SIZES), help="a single-GPU preset (sets the sizes below, bf16, seq 2048)")
   p.add_argument("--steps", type=int, default=20, help="timed steps")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
   p.add_argument("--d_model", type=int, default=512)
@@ -45,11 +54,19 @@ def parse_args(argv=None):
   p.add_argument("--vocab", type=int, default=256)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+  p.add_argument("--attention", default="auto", choices=("auto", "blocked", "xla", "cudnn"), help="model.attention")
   p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True, help="scan_layers")
   p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
                  help="square matmul sizes n for the ceiling; the best rate is the ceiling")
   p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.size:  # the preset's values where the flag was left at its default
+    d, layers, heads, batch = SIZES[args.size]
+    preset = dict(d_model=d, layers=layers, heads=heads, batch=batch, seq=2048, vocab=32000, dtype="bfloat16")
+    for k, v in preset.items():
+      if getattr(args, k) == p.get_default(k):
+        setattr(args, k, v)
+  return args
 
 
 def import_train():
@@ -70,7 +87,7 @@ def make_config(args):
   from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
   c = cfg_lib.base()
   c.model.update(d_model=args.d_model, num_layers=args.layers, num_heads=args.heads, vocab_size=args.vocab,
-                 compute_dtype=args.dtype, remat=args.remat, scan_layers=args.scan,
+                 compute_dtype=args.dtype, remat=args.remat, scan_layers=args.scan, attention=args.attention,
                  max_seq_len=max(args.seq, c.model.max_seq_len))
   c.data.seq_len = args.seq
   steps = args.warmup + args.steps + 1
