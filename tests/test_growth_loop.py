@@ -135,8 +135,9 @@ def test_growth_in_the_loop_resumes_exactly_from_a_crash_during_an_event(tiny, t
   assert [r["step"] for r in read_metrics(crashed) if "growth/event" in r] == [6, 12]  # not written twice
 
 
-@pytest.mark.parametrize("mesh", [dict(fsdp=8, data=1), dict(data=2, tensor=4)], ids=["fsdp8", "data2_tensor4"])
-def test_growth_on_the_mesh_gives_the_one_device_state(tiny, mesh):
+def test_growth_on_the_mesh_gives_the_one_device_state(tiny):
+  """On an FSDP × tensor-parallel mesh of the 8 devices: parameters and moments sharded both ways."""
+  mesh = dict(data=1, fsdp=2, tensor=4)
   c = with_events(tiny(), {"step": 5, "op": "add_heads", "num_heads": 8, "opt": "copy"},
                   {"step": 6, "op": "split_mlp", "mlp_dim": 96, "opt": "copy"},
                   {"step": 7, "op": "g_random", "num_layers": 3, "opt": "copy"})

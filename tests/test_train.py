@@ -374,7 +374,7 @@ def test_bfloat16_compute_tracks_float32_with_float32_logits(tiny, tmp_path):
   assert np.abs(logits - rounded).max() > 0
   runs = {}
   for dtype in ("float32", "bfloat16"):
-    cfg = tiny(model__compute_dtype=dtype, train__steps=60, train__log_every=10, train__eval_every=1000)
+    cfg = tiny(model__compute_dtype=dtype, train__steps=40, train__log_every=10, train__eval_every=1000)
     train.train(cfg, str(tmp_path / dtype), devices=ONE)
     runs[dtype] = np.array([v for _, v in sorted(losses_by_step(str(tmp_path / dtype)).items())])
   assert runs["float32"][-1] < runs["float32"][0] - 1.0  # both learn ...
