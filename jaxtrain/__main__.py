@@ -242,6 +242,16 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def parse_tool_args(tool_parser: argparse.ArgumentParser, argv: list[str]):
+  """(parsed flags, `--config.x=y` overrides) of a tool's command line (flag files expanded); ConfigError."""
+  from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
+  try:
+    rest, overrides = split_overrides(expand_flagfiles(list(argv)))
+    return tool_parser.parse_args(rest), overrides
+  except UsageError as e:
+    raise cfg_lib.ConfigError(str(e)) from None
+
+
 def parse(argv: list[str]):
   """(config, workdir) from command-line arguments; errors raise ConfigError (UsageError is one).
 

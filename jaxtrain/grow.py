@@ -303,17 +303,8 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
   except cfg_lib.ConfigError as e:
     raise ConfigError(f"--from={source}: its config.json: {e}") from None
 
-  tokenizer = data.make_tokenizer(target_config.data)
   devices = list(devices or jax.devices())
-  check = functools.partial(cfg_lib.validate, num_devices=len(devices), vocab_size=tokenizer.vocab_size,
-                            platform=devices[0].platform, process_count=len({d.process_index for d in devices}),
-                            local_devices=sum(d.process_index == jax.process_index() for d in devices),
-                            compute_capability=getattr(devices[0], "compute_capability", None))
-  mesh_shape = check(target_config)
-  phases = growth.plan(target_config)
-  for p in phases[1:]:
-    with growth.event_errors(p):
-      check(p.config)
+  mesh_shape, phases = train.check(target_config, devices)
 
   def at(src_step):
     """(source phase, output step, target phase) for a source checkpoint at src_step."""
@@ -516,11 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.ERROR)
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
-    try:
-      rest, overrides = cli.split_overrides(cli.expand_flagfiles(argv))
-      args = parser().parse_args(rest)
-    except cli.UsageError as e:
-      raise cfg_lib.ConfigError(str(e)) from None
+    args, overrides = cli.parse_tool_args(parser(), argv)
     target = cfg_lib.load(args.to, overrides)
     op_args = parse_args(args.arg)
     try:

@@ -900,11 +900,7 @@ def main(argv: list[str] | None = None) -> int:
   run, 128 + the signal number when stopped by SIGINT or SIGTERM."""
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
-    try:
-      rest, overrides = cli.split_overrides(cli.expand_flagfiles(argv))
-      args = parser().parse_args(rest)
-    except cli.UsageError as e:
-      raise cfg_lib.ConfigError(str(e)) from None
+    args, overrides = cli.parse_tool_args(parser(), argv)
     if args.dry_run:
       print("\n".join(dry_run(args.config, args.grid, args.workdir, overrides, args.parallel, args.plot)))
       return 0

@@ -237,6 +237,22 @@ def build(config, mesh, lr_schedule=None, peak_lr=None) -> Program:
 # ---------------------------------------------------------------- the loop
 
 
+def check(config, devices) -> tuple[dict, list]:
+  """(mesh shape, growth phases) of `config` on `devices`, after every check that can run before compiling: of the
+  config (cfg_lib.validate) and of the model of each phase between growth events (growth.plan). ConfigError."""
+  validate = functools.partial(
+      cfg_lib.validate, num_devices=len(devices), vocab_size=data.make_tokenizer(config.data).vocab_size,
+      platform=devices[0].platform, process_count=len({d.process_index for d in devices}),
+      local_devices=sum(d.process_index == jax.process_index() for d in devices),
+      compute_capability=getattr(devices[0], "compute_capability", None))
+  mesh_shape = validate(config)
+  phases = growth.plan(config)
+  for p in phases[1:]:
+    with growth.event_errors(p):
+      validate(p.config)
+  return mesh_shape, phases
+
+
 EVAL_IN_FLIGHT = 8  # eval steps queued before waiting: ~50 unwaited collective programs crash or hang XLA's CPU
                     # collectives (jax-ml/jax#25861, openxla/xla#32115)
 
@@ -266,17 +282,8 @@ def train(config, workdir: str, devices=None) -> dict:
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-  tokenizer = data.make_tokenizer(config.data)
   devices = list(devices or jax.devices())
-  check = functools.partial(cfg_lib.validate, num_devices=len(devices), vocab_size=tokenizer.vocab_size,
-                            platform=devices[0].platform, process_count=len({d.process_index for d in devices}),
-                            local_devices=sum(d.process_index == jax.process_index() for d in devices),
-                            compute_capability=getattr(devices[0], "compute_capability", None))
-  mesh_shape = check(config)
-  phases = growth.plan(config)  # the model of every phase between growth events, each checked like the first
-  for p in phases[1:]:
-    with growth.event_errors(p):
-      check(p.config)
+  mesh_shape, phases = check(config, devices)
 
   ##################################################################### Mesh
   mesh = sharding.make_mesh(mesh_shape, devices)
