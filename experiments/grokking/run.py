@@ -239,6 +239,11 @@ def verdict(name, s, all_s):
     rising = s["test_final"] >= s["test_best"] - 1e-9
     if s["test_final"] >= 0.95:
       return f"Agrees: grokked (test ≥95% at step {s['test_95']}) with no weight decay and SC {pct(s['sc_max'])}."
+    if s["test_best"] >= 0.9 and s["test_final"] < s["test_best"] - 0.1:
+      return (f"Grokked as the paper says (best test {pct(s['test_best'])}), then fell to {pct(s['test_final'])} "
+              f"by step {s['steps']} (train {pct(s['train_final'])}, |θ| {s['norm_first']:.0f} -> "
+              f"{s['norm_final']:.0f}), with no Softmax Collapse (SC max {pct(s['sc_max'])}): the late collapse of "
+              "Adam's ν flushed to zero in float32 (collapse.md); the float64-state run does not fall.")
     return (f"Not settled within {s['steps']} steps: test {pct(s['test_final'])} "
             f"({'still rising' if rising else 'below its best ' + pct(s['test_best'])}), no collapse "
             f"(SC max {pct(s['sc_max'])}), |θ| {s['norm_first']:.0f} -> {s['norm_final']:.0f}. The paper "
