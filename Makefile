@@ -5,11 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
-# The CUDA plugin, outside the venv's import path: tests compile for an H100 with it (no GPU needed) in a child
-# process, while `make train` never loads it. Pinned to the installed jax.
+# The ahead-of-time compilers (python -m jaxtrain.compile, tests/test_compile.py): libtpu and the CUDA plugin,
+# outside the venv's import path (installed in it, they slow every CPU start and print warnings); the tool and the
+# tests' child processes add them to their own path, `make train` never loads them. Pinned to the installed jax.
+TPU_AOT := $(VENV)/tpu-aot
 GPU_AOT := $(VENV)/gpu-aot
 
-.PHONY: setup train test bench clean
+.PHONY: setup train test aot bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +29,17 @@ $(GPU_AOT)/.installed: $(VENV)/.installed
 	  $(PY) -m pip install --quiet --no-deps --target $(GPU_AOT) "jax-cuda12-plugin==$$v" "jax-cuda12-pjrt==$$v"
 	touch $@
 
-test: setup $(GPU_AOT)/.installed
-	JAXTRAIN_GPU_AOT=$(abspath $(GPU_AOT)) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
+$(TPU_AOT)/.installed: $(VENV)/.installed
+	pin=$$($(PY) -c "from importlib.metadata import requires as r; \
+	  print(next(x.split(';')[0].strip() for x in r('jax') if x.startswith('libtpu')))") && \
+	  $(PY) -m pip install --quiet --no-deps --target $(TPU_AOT) "$$pin"
+	touch $@
+
+aot: $(TPU_AOT)/.installed $(GPU_AOT)/.installed
+
+test: setup aot
+	JAXTRAIN_TPU_AOT=$(abspath $(TPU_AOT)) JAXTRAIN_GPU_AOT=$(abspath $(GPU_AOT)) \
+	  $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 --nbmake notebooks tests
 
 bench: setup
 	$(PY) benchmarks/throughput.py

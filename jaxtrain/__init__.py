@@ -1,7 +1,10 @@
 """jaxtrain: config-driven transformer training in JAX, for studying training numerics and architecture.
 
-Modules a notebook imports (nothing is imported here, so `import jaxtrain.losses`
-does not pull in the trainer):
+In a notebook (README "In a notebook"): `import jaxtrain as jt; run = jt.load_run("runs/default")`;
+`jt.analysis` and `jt.plots` are the analysis and plotting modules. They are imported on first use (module
+`__getattr__`), so `import jaxtrain` alone imports nothing, and `import jaxtrain.losses` does not pull in the trainer.
+
+Modules:
 
   jaxtrain.config       the config schema (`base()`), `load()`, `validate()`
   jaxtrain.train        `build(config, mesh)` -> a `Program` of jitted steps; `train(config, workdir)`
@@ -18,6 +21,28 @@ does not pull in the trainer):
   jaxtrain.grokking     the grokking tasks' models and full-batch trainer
   jaxtrain.data         TFDS builders, the token cache and host-count-independent batches
   jaxtrain.metrics      `read_metrics(workdir)`
+  jaxtrain.run          `load_run(workdir)` -> a `Run`: config, metrics, checkpoints, `model(step)`, `generate`
+  jaxtrain.sample       sampling: temperature, top-k, greedy
+  jaxtrain.analysis     a loaded model on a batch: depth diagnostics, per-layer statistics, collapse, logit lens
+  jaxtrain.plots        curves of several runs, per-layer diagnostics
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {"load_run": ("jaxtrain.run", "load_run"), "Run": ("jaxtrain.run", "Run"), "Model": ("jaxtrain.run", "Model")}
+_MODULES = ("analysis", "plots", "run", "sample", "config", "metrics", "data", "model", "train")
+
+
+def __getattr__(name: str):
+  """`jt.load_run`, `jt.analysis`, `jt.plots`, ...: imported when first used (PEP 562)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  if name in _LAZY:
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
+  if name in _MODULES:
+    return importlib.import_module(f"jaxtrain.{name}")
+  raise AttributeError(f"module 'jaxtrain' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY) + list(_MODULES))

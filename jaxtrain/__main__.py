@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "orbax", "jax._src", "grain"):  # TFDS warns of every custom builder config
     logging.getLogger(noisy).setLevel(logging.ERROR)
+  logging.getLogger("gcsfs").setLevel(logging.WARNING)  # a gs:// workdir: one INFO line per file opened
   from jaxtrain import checkpoint, config as cfg_lib, data, train  # pylint: disable=g-import-not-at-top
   try:
     config, workdir = parse(sys.argv[1:] if argv is None else argv)

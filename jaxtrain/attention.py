@@ -5,11 +5,17 @@
              attention logit for the instability diagnostics
     xla      jax.nn.dot_product_attention(implementation="xla"): XLA's own, any platform
     cudnn    jax.nn.dot_product_attention(implementation="cudnn"): fused, NVIDIA GPUs, bfloat16/float16 only
-    auto     (model.attention's default) blocked on CPU, cudnn on GPU with bfloat16/float16 compute, else xla
+    splash   Pallas splash attention (jax.experimental.pallas.ops.tpu.splash_attention): TPU; block-sparse
+             FlashAttention that skips the key blocks above the diagonal; sequence lengths divisible by 128
+    auto     (model.attention's default) blocked on CPU, cudnn on GPU with bfloat16/float16 compute, splash on TPU
+             (xla where T is not a multiple of 128), else xla
 
 All take q [B, T, H, K] and k, v [B, T, G, K] (grouped-query heads: query head h reads kv head ⌊h/(H/G)⌋), with
 the 1/√K scale inside, and return (out [B, T, H, K], max |q·k|/√K over causal pairs, NaN where the kernel hides
-the logits). A splash-attention (TPU Pallas) kernel is not built yet: on TPU `auto` is `xla`.
+the logits).
+
+The platform is the one the step is compiled for: the devices of the mesh being traced on (sharding.traced_on),
+so that `python -m jaxtrain.compile --topology=v5e:4x4` on a CPU machine compiles the TPU kernel.
 """
 
 from __future__ import annotations
@@ -17,18 +23,30 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-KINDS = ("auto", "blocked", "xla", "cudnn")
+from jaxtrain import sharding
+
+KINDS = ("auto", "blocked", "xla", "cudnn", "splash")
+SPLASH_BLOCK = 128  # splash's smallest tile along the sequence: T must be a multiple of it
+
+
+def platform_of_trace() -> str:
+  """The platform of the mesh the caller traces on (its abstract device), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
 
 
 def kernel(kind: str, compute_dtype: str, platform: str | None = None) -> str:
-  """The kernel `kind` means on `platform` (default: JAX's default backend): 'auto' resolved, others as given."""
+  """The kernel `kind` means on `platform` (default: `platform_of_trace`): 'auto' resolved, others as given."""
   if kind != "auto":
     return kind
-  platform = platform or jax.default_backend()
+  platform = platform or platform_of_trace()
   if platform == "cpu":
     return "blocked"
   if platform in ("gpu", "cuda") and compute_dtype in ("bfloat16", "float16"):
     return "cudnn"
+  if platform == "tpu":
+    return "splash"  # causal() takes xla where T is not a multiple of SPLASH_BLOCK
   return "xla"
 
 
@@ -36,10 +54,48 @@ def causal(q_BTHK, k_BTGK, v_BTGK, kind: str):
   """Causal softmax(q·kᵀ/√K)·v by kernel `kind` (not 'auto': see `kernel`) -> (out_BTHK, max logit or NaN)."""
   if kind == "blocked":
     return causal_attention(q_BTHK, k_BTGK, v_BTGK)
-  if kind in ("xla", "cudnn"):
-    out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True, implementation=kind)
+  if kind == "splash" and q_BTHK.shape[1] % SPLASH_BLOCK == 0:  # an explicit splash is checked in config.validate
+    return splash(q_BTHK, k_BTGK, v_BTGK), jnp.float32(jnp.nan)
+  if kind in ("xla", "cudnn", "splash"):
+    out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
+                                            implementation="xla" if kind == "splash" else kind)
     return out_BTHK, jnp.float32(jnp.nan)
   raise ValueError(f"unknown attention kernel {kind!r}; choose one of {KINDS}")
+
+
+# ---------------------------------------------------------------- splash attention (TPU)
+
+
+def _splash_block(T: int) -> int:
+  """The largest of 512, 256, 128 dividing T (MaxText's default tile is 512)."""
+  return next(b for b in (512, 256, SPLASH_BLOCK) if T % b == 0)
+
+
+def _splash_local(q_BTHK, k_BTGK, v_BTGK):
+  """Splash attention on one device's shard: the kernel runs per sequence over [heads, T, K] (vmapped over B)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk  # TPU-only module
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  _, T, H, K = q_BTHK.shape
+  b = _splash_block(T)
+  blocks = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
+                         block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+  mask = sm.MultiHeadMask([sm.CausalMask((T, T))] * H)
+  attend = sk.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                              interpret=platform_of_trace() == "cpu")  # CPU: Pallas' interpreter (tests only)
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)  # the kernel's G or H query heads share kv heads as ours do
+  q_BHTK = heads_first(q_BTHK * jnp.asarray(K**-0.5, q_BTHK.dtype))  # splash applies no scale of its own
+  return heads_first(jax.vmap(attend)(q_BHTK, heads_first(k_BTGK), heads_first(v_BTGK)))
+
+
+def splash(q_BTHK, k_BTGK, v_BTGK):
+  """Causal splash attention; on a mesh, one kernel per device over its batch and head shard (a Pallas kernel is
+  opaque to XLA's partitioner, which would otherwise gather the whole batch onto every device)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return _splash_local(q_BTHK, k_BTGK, v_BTGK)
+  q_spec, kv_spec = sharding.spec(("batch", None, "heads", None)), sharding.spec(("batch", None, "kv_heads", None))
+  return jax.shard_map(_splash_local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                       check_vma=False)(q_BTHK, k_BTGK, v_BTGK)
 
 
 # ---------------------------------------------------------------- the blocked CPU kernel

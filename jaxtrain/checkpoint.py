@@ -16,6 +16,12 @@ and act on the worst one, so all restore the same step. A damaged step is moved
 to `<workdir>/corrupt_checkpoints/` by host 0, behind a barrier, and only once an
 older step has restored: if none can be restored, nothing is moved and the run
 stops with an error rather than starting over on top of its own history.
+
+The directory may be local or a bucket (`gs://...`): Orbax lists and commits
+steps through etils `epath` (on a bucket it marks a complete step with a commit
+file instead of a rename) and writes the arrays through tensorstore. Open it with
+`read_only=True` to read a run without changing it (nothing created, cleaned up,
+moved or saved); close it (`close()`, or use it as a context manager) when done.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any, NamedTuple
 
@@ -33,7 +38,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import hosts
+from jaxtrain import hosts, paths
 from jaxtrain.config import ConfigError
 from jaxtrain.placement import layer_kinds
 
@@ -55,21 +60,39 @@ class Restored(NamedTuple):
 
 
 class Checkpointer:
-  """A thin layer over `ocp.CheckpointManager` for the train state, data fingerprint and config."""
+  """A thin layer over `ocp.CheckpointManager` for the train state, data fingerprint and config.
 
-  def __init__(self, directory: str, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  `directory`: local or gs://; `keep`: the newest steps kept (None: all). `read_only`: creates, cleans up, moves
+  and saves nothing (a notebook or a tool reading a run, maybe while it trains); damaged steps are skipped, not
+  set aside. A context manager: closes on exit.
+  """
+
+  def __init__(self, directory: str, keep: int | None = None, async_save: bool = True, read_only: bool = False):
+    self.path = paths.resolve(directory)
+    self.directory = os.fspath(self.path)
+    self.read_only = read_only
+    options = (ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False)
+               if read_only else
+               ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                            create=True, cleanup_tmp_directories=True))
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                             create=True, cleanup_tmp_directories=True))
+        options=options)
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *_) -> None:
+    self.close()
 
   def save(self, step: int, state, data_fingerprint: dict, config_json: dict) -> None:
     """Starts an asynchronous save of step `step` (returns once arrays are copied off the device).
 
     Every host calls it at the same step (it has cross-host barriers)."""
+    if self.read_only:
+      raise RuntimeError(f"{self.directory} was opened read-only: nothing can be saved there")
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave({"step": int(step), "fingerprint": data_fingerprint}),
@@ -116,7 +139,7 @@ class Checkpointer:
 
   def _read(self, step, abstract_state, model_config, data_fingerprint):
     """(outcome, (state, saved config) or error) of reading `step` on this host; no cross-host calls."""
-    path = epath.Path(self.directory) / str(step)
+    path = self.path / str(step)
     for attempt in range(RETRIES + 1):
       try:
         saved_state = self.manager.item_metadata(step)["state"]
@@ -144,24 +167,24 @@ class Checkpointer:
     """Host 0 moves the damaged steps to corrupt_checkpoints/; every host waits for it, then re-lists."""
     steps = [step for step, _ in failed]
     for step, error in failed:
-      log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, restored the previous one",
-                  step, type(error).__name__, _first_line(error), os.path.join(self._corrupt_dir(), str(step)))
-    if not steps:
+      where = "left in place (read-only)" if self.read_only else f"moved to {self._corrupt_dir() / str(step)}"
+      log.warning("checkpoint step %d is unreadable (%s: %s); %s, restored the previous one",
+                  step, type(error).__name__, _first_line(error), where)
+    if not steps or self.read_only:
       return
     if jax.process_index() == 0:
       for step in steps:
-        target = base = os.path.join(self._corrupt_dir(), str(step))
+        target = base = self._corrupt_dir() / str(step)
         n = 0
-        while os.path.exists(target):  # the same step set aside before, in an earlier attempt
+        while target.exists():  # the same step set aside before, in an earlier attempt
           n += 1
-          target = f"{base}.{n}"
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.move(os.path.join(self.directory, str(step)), target)
+          target = base.parent / f"{base.name}.{n}"
+        paths.move_tree(self.path / str(step), target)
     hosts.barrier("jaxtrain:set_aside")
     self.manager.reload()
 
-  def _corrupt_dir(self) -> str:
-    return os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+  def _corrupt_dir(self) -> epath.Path:
+    return self.path.parent / "corrupt_checkpoints"
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

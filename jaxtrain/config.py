@@ -69,7 +69,7 @@ def base() -> ml_collections.ConfigDict:
       compute_dtype="float32", # what matmuls run in (bfloat16 for speed on GPU/TPU)
       scan_layers=True,        # lax.scan over layers: compile time independent of depth
       remat="none",            # none | full | dots (save matmul outputs, recompute the rest)
-      attention="auto",        # auto (per platform) | blocked (CPU kernel) | xla | cudnn: jaxtrain/attention.py
+      attention="auto",        # auto (per platform) | blocked (CPU kernel) | xla | cudnn | splash (TPU): attention.py
       output="softmax",        # softmax | stablemax: the output activation of the loss (jaxtrain/stablemax.py)
       parametrization="sp",    # sp (standard) | mus (μnit Scaling: unit init, static 1/√fan_in multipliers)
       mus=dict(                # parametrization=mus only (d_base also for the optimizer's per-group rules)
@@ -303,7 +303,7 @@ _CHOICES = {
     "model.norm.kind": ("rmsnorm", "layernorm"),
     "model.norm.placement": PLACEMENTS,
     "model.remat": ("none", "full", "dots"),
-    "model.attention": ("auto", "blocked", "xla", "cudnn"),
+    "model.attention": ("auto", "blocked", "xla", "cudnn", "splash"),
     "model.output": OUTPUTS,
     "model.parametrization": ("sp", "mus"),
     "model.mus.attn_scale": ("inv_sqrt", "inv"),
@@ -409,6 +409,11 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
     raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
   if m.attention == "cudnn" and platform not in (None, "gpu"):
     raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=auto")
+  if m.attention == "splash" and platform not in (None, "tpu"):
+    raise ConfigError(f"model.attention=splash is a TPU kernel, not for {platform}; use model.attention=auto")
+  if m.attention == "splash" and d.seq_len % 128:
+    raise ConfigError(f"model.attention=splash needs data.seq_len divisible by 128 (its tile), not {d.seq_len}; "
+                      "change data.seq_len or use model.attention=auto")
   if t.loss_dtype == "float64" and platform == "tpu":
     raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
   _validate_mus_fp8(m, micro * d.seq_len, platform, compute_capability)

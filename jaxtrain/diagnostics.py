@@ -60,6 +60,7 @@ def residual_states(graphdef, params, tokens_BT) -> jax.Array:
   return stats["states"].astype(jnp.float32)
 
 
+@jax.jit  # one fused program per shape: eagerly, each of its small ops would compile on its own
 def angular_distance(a, b, eps: float = 1e-12):
   """arccos(cos(a, b)) / π over the last axis, in [0, 1]; 0.5 where a vector is zero (as the papers' code)."""
   dot = jnp.sum(a * b, -1)

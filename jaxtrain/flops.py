@@ -97,6 +97,18 @@ PEAK_FLOPS = {
     "TPU v6e": {"bfloat16": 918e12},
 }
 
+# Memory per device (what `python -m jaxtrain.compile` checks a step against), bytes, by the same device kinds.
+# GPUs: XLA's GPU target specs' device_memory_size (what CUDA reports: a little under the marketed size), else
+# the datasheet. TPUs: cloud.google.com/tpu/docs, HBM per chip (v4 32 GiB, v5e 16, v5p 95, v6e 32).
+HBM_BYTES = {
+    "NVIDIA H100 80GB HBM3": 84942979072, "NVIDIA H100 PCIe": 80 * 2**30, "NVIDIA H100 NVL": 94 * 10**9,
+    "NVIDIA H200": 151397597184, "NVIDIA H200 141GB HBM3e": 151397597184, "NVIDIA H200 NVL": 151397597184,
+    "NVIDIA A100-SXM4-40GB": 40 * 2**30, "NVIDIA A100-SXM4-80GB": 85100068864, "NVIDIA A100-PCIE-40GB": 40 * 2**30,
+    "NVIDIA A100 80GB PCIe": 85100068864, "NVIDIA B200": 191514411008,
+    "TPU v4": 32 * 2**30, "TPU v5 lite": 16 * 2**30, "TPU v5e": 16 * 2**30, "TPU v5": 95 * 2**30,
+    "TPU v5p": 95 * 2**30, "TPU v6 lite": 32 * 2**30, "TPU v6e": 32 * 2**30,
+}
+
 # How a float32 matmul runs, by `jax_default_matmul_precision` (None: XLA's DEFAULT precision,
 # which is what jaxtrain's step uses: it sets no precision anywhere). From `jax.lax.Precision`'s
 # docstring (jax 0.10.2, jax/_src/lax/lax.py; the aliases are its `_precision_strings`): on TPU,

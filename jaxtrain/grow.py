@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxtrain import __main__ as cli
-from jaxtrain import checkpoint, data, flops, growth, hosts, model, optim, sharding, train
+from jaxtrain import checkpoint, data, flops, growth, hosts, model, optim, paths, sharding, train
 from jaxtrain import config as cfg_lib
 from jaxtrain.config import ConfigError
 
@@ -222,19 +222,22 @@ def check_reaches(grown, target, ops: list[str]) -> None:
 # ---------------------------------------------------------------- the source run
 
 
-def checkpoint_steps(directory: str) -> list[int]:
-  """The steps in a checkpoints directory, by name only (no Orbax: nothing is created or cleaned up)."""
-  if not os.path.isdir(directory):
+def checkpoint_steps(directory) -> list[int]:
+  """The steps in a checkpoints directory (local or gs://), by name only (no Orbax: nothing is created or cleaned
+  up). In a bucket a step is written in place and marked complete by Orbax's commit_success.txt: only those count."""
+  directory = paths.resolve(directory)
+  if not directory.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  remote = paths.is_remote(directory)
+  return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit() and d.is_dir()
+                and (not remote or (d / "commit_success.txt").exists()))
 
 
 def load_source_config(source: str):
   """The source run's config (its config.json; sections a newer jaxtrain added filled from base())."""
-  path = os.path.join(source, "config.json")
+  path = paths.resolve(source) / "config.json"
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
   except FileNotFoundError:
     raise ConfigError(f"--from={source}: no config.json there; name the workdir of a jaxtrain run") from None
   except (OSError, json.JSONDecodeError) as e:
@@ -250,8 +253,7 @@ def load_source_config(source: str):
 
 def _saved_data(directory: str, step: int) -> dict | None:
   try:
-    with open(os.path.join(directory, str(step), "data", "metadata")) as f:
-      return json.load(f)
+    return json.loads((paths.resolve(directory) / str(step) / "data" / "metadata").read_text())
   except (OSError, json.JSONDecodeError):
     return None
 
@@ -282,18 +284,18 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
   """
 
   ##################################################################### Check everything cheap first
-  source, workdir = (os.path.abspath(os.path.expanduser(p)) for p in (source, workdir))
+  source, workdir = (paths.resolve(p) for p in (source, workdir))  # local or gs://, through epath
   ops = [o.strip() for o in ops.split(",")] if isinstance(ops, str) else list(ops)
   given = assign_args(ops, dict(args or {}))
   if opt not in growth.POLICIES:
     raise ConfigError(f"--opt={opt!r} is not one of {growth.POLICIES}")
-  out_ckpts = os.path.join(workdir, "checkpoints")
+  out_ckpts = workdir / "checkpoints"
   if checkpoint_steps(out_ckpts):  # (an interrupted save's temporary directory is no checkpoint: Orbax removes it)
     raise ConfigError(f"--workdir={workdir} already holds checkpoints (steps {checkpoint_steps(out_ckpts)}); growth "
                       "never overwrites a run: use a new --workdir")
-  if not os.path.isdir(source):
+  if not source.is_dir():
     raise ConfigError(f"--from={source} does not exist; name the workdir of a trained jaxtrain run")
-  src_ckpts = os.path.join(source, "checkpoints")
+  src_ckpts = source / "checkpoints"
   src_steps = checkpoint_steps(src_ckpts)
   if not src_steps:
     raise ConfigError(f"--from={source} has no checkpoints (in {src_ckpts}); train it first, or name another run")
@@ -416,12 +418,9 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
   compile_for(newest)  # checked and compiled before the checkpoint is read
 
   ##################################################################### Restore, grow, evaluate
-  src = checkpoint.Checkpointer(src_ckpts, keep=max(len(src_steps), 1))
-  try:
+  with checkpoint.Checkpointer(src_ckpts, read_only=True) as src:  # the source run is never changed
     restored = src.restore_latest(lambda s: src_program(s).abstract_state,
                                   lambda s: at(s)[0].config.model.to_dict())
-  finally:
-    src.close()
   if restored is None:
     raise ConfigError(f"--from={source}: no checkpoint in {src_ckpts} could be restored")
   src_step = restored.step
@@ -440,7 +439,7 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
   ##################################################################### Write
   is_main = jax.process_index() == 0
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
   out = checkpoint.Checkpointer(out_ckpts, keep=target_config.train.keep_checkpoints)
   try:
     out.save(step, state, fingerprint, json.loads(out_phase.config.to_json_best_effort()))
@@ -448,7 +447,7 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
   finally:
     out.close()
   summary = {
-      "source": source, "source_step": int(src_step), "step": int(step), "ops": [[op, a] for op, a in chain],
+      "source": os.fspath(source), "source_step": int(src_step), "step": int(step), "ops": [[op, a] for op, a in chain],
       "opt": opt, "seed": seed, "keep_step": keep_step,
       "source_parameters": model.count_params(src_program(src_step).abstract_state["params"]),
       "parameters": model.count_params(state["params"]),
@@ -456,15 +455,13 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
       # g_learn's fit: each of its steps a forward and backward pass of the grown model (as growth.total_flops counts)
       "growth_flops": n_learn * flops.train_flops_per_step(out_phase.config.model, target_config.data.seq_len,
                                                           target_config.train.global_batch),
-      "eval_loss_before": before, "eval_loss_after": after, "workdir": workdir, "checkpoints": out.directory,
+      "eval_loss_before": before, "eval_loss_after": after, "workdir": os.fspath(workdir), "checkpoints": out.directory,
       "model": train._describe(out_phase.config.model),  # pylint: disable=protected-access
       "source_model": train._describe(sp.config.model),  # pylint: disable=protected-access
   }
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(json.loads(phases[0].config.to_json_best_effort()), f, indent=2)
-    with open(os.path.join(workdir, "grow.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=repr)
+    (workdir / "config.json").write_text(json.dumps(json.loads(phases[0].config.to_json_best_effort()), indent=2))
+    (workdir / "grow.json").write_text(json.dumps(summary, indent=2, default=repr))
   return summary
 
 

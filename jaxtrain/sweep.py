@@ -47,7 +47,6 @@ import dataclasses
 import io
 import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -60,6 +59,7 @@ import ml_collections
 
 from jaxtrain import __main__ as cli
 from jaxtrain import config as cfg_lib
+from jaxtrain import paths
 
 USAGE = ("python -m jaxtrain.sweep --config=FILE[:ARG] --workdir=DIR --grid FIELD=VALUES [--grid ...]\n"
          "       [--parallel N] [--plot X[,CURVE]] [--config.FIELD=VALUE ...] [--flagfile=FILE] [--dry_run]")
@@ -263,6 +263,15 @@ class Plan:
   overrides: list[str]
   points: list[Point]
   definition: dict
+
+
+def _local_workdir(workdir: str) -> str:
+  """The sweep's directory, absolute. A bucket is refused: the sweep holds a lock and its points' logs (their
+  processes' output, as they run) in local files."""
+  if paths.is_remote(workdir):
+    raise cfg_lib.ConfigError(f"--workdir={workdir}: a sweep's directory must be local (it holds a lock and the "
+                              "points' logs as they run); use a local --workdir and copy it to the bucket after")
+  return os.path.abspath(os.path.expanduser(workdir))
 
 
 def _spec_abspath(spec: str) -> str:
@@ -576,39 +585,15 @@ def plot(rows: list[dict], x: str, curve: str | None, shorts: dict[str, str], pa
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from jaxtrain import plots  # pylint: disable=import-outside-toplevel
   others = ([curve] if curve else []) + [f for f in shorts if f not in (x, curve)]
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  groups: dict[tuple, list[dict]] = {}
-  for r in rows:
-    groups.setdefault(tuple(r[f] for f in others), []).append(r)
-  top = max((r["final_eval_loss"] for r in rows if r["final_eval_loss"] is not None), default=1.0)
-  for i, (key, group) in enumerate(groups.items()):
-    ok = sorted((r[x], r["final_eval_loss"]) for r in group if r["status"] == "ok" and r["final_eval_loss"] is not None)
-    label = ", ".join(f"{shorts[f]}={format_value(v)}" for f, v in zip(others, key)) or None
-    color = f"C{i % 10}"
-    if ok:
-      ax.plot(*zip(*ok), "o-", color=color, label=label)
-    bad = [r[x] for r in group if r["status"] == "diverged"]
-    if bad:
-      ax.plot(bad, [top] * len(bad), "x", color=color, markersize=9, label=None if ok else label, clip_on=False)
-  if log_x:
-    ax.set_xscale("log", base=2 if _ratio_is_two(rows, x) else 10)
-  ax.set_xlabel(x)
-  ax.set_ylabel("final eval loss")
-  ax.set_title(f"final eval loss against {shorts[x]}" + ("  (x: diverged)" if any(
-      r["status"] == "diverged" for r in rows) else ""))
-  if any(label for label in ax.get_legend_handles_labels()[1]):
-    ax.legend(fontsize="small")
+  plots.sweep(rows, x, ax=ax, by=others, failed=("diverged",), ms=6, logx=log_x, xlabel=x, ylabel="final eval loss",
+              label=lambda key: ", ".join(f"{shorts[f]}={format_value(v)}" for f, v in zip(others, key)) or None,
+              title=f"final eval loss against {shorts[x]}" + ("  (x: diverged)" if any(
+                  r["status"] == "diverged" for r in rows) else ""))
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=120)
-  plt.close(fig)
-  os.replace(path + ".tmp.png", path)
-
-
-def _ratio_is_two(rows, x) -> bool:
-  xs = sorted({r[x] for r in rows})
-  return len(xs) > 1 and all(math.isclose(b / a, 2.0, rel_tol=1e-6) for a, b in zip(xs, xs[1:]))
+  plots.save(fig, path, dpi=120)
 
 
 class Reporter:
@@ -793,7 +778,7 @@ def run(config: str, grid: list[str], workdir: str, overrides=(), parallel: int 
   anything runs if the sweep cannot, and Interrupted after SIGINT/SIGTERM once the running points stopped.
   `argv` (the CLI's) is kept in DIR/sweep.json as the command that made the sweep.
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = _local_workdir(workdir)
   plan_ = plan(config, list(grid), workdir, overrides)
   reporter = Reporter(plan_, workdir, plot, log)
   pins = slots(parallel, log)
@@ -852,7 +837,7 @@ def dry_run(config: str, grid: list[str], workdir: str, overrides=(), parallel: 
             plot: str | None = None) -> list[str]:
   """What `run` would do, as lines (each point: whether it would run or is finished, and its command); runs and
   writes nothing, but checks everything `run` checks first."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = _local_workdir(workdir)
   plan_ = plan(config, list(grid), workdir, overrides)
   Reporter(plan_, workdir, plot, log=lambda s: None)
   pins = slots(parallel, log=lambda s: None)

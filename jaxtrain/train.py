@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxtrain import checkpoint, collapse, data, flops, growth, hosts, losses, model, optim, sharding
+from jaxtrain import checkpoint, collapse, data, flops, growth, hosts, losses, model, optim, paths, sharding
 from jaxtrain import diagnostics as diagnostics_lib
 from jaxtrain import fp8 as fp8_lib
 from jaxtrain import config as cfg_lib
@@ -278,10 +278,10 @@ def train(config, workdir: str, devices=None) -> dict:
   t, m = config.train, config.model
 
   ##################################################################### Setup
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.resolve(workdir)  # local or gs://: every file below goes through epath
   is_main = jax.process_index() == 0
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
   devices = list(devices or jax.devices())
   mesh_shape, phases = check(config, devices)
 
@@ -304,17 +304,15 @@ def train(config, workdir: str, devices=None) -> dict:
                                    num_batches=t.eval_batches, sharding=batch_sh)
 
   ##################################################################### Restore or initialize
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-  try:
+  # Closed once restored: the loop opens its own right before the `try` that closes it, so no failure in between
+  # leaves Orbax's threads running.
+  with checkpoint.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints) as ckpt:
     restored = ckpt.restore_latest(lambda s: programs[growth.phase_at(phases, s)].abstract_state,
                                    lambda s: phases[growth.phase_at(phases, s)].config.model.to_dict(),
                                    loader.fingerprint())
-    if restored is not None and restored.step > t.steps:
-      raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {restored.step}, past "
-                                f"train.steps={t.steps}: raise train.steps to continue it, or use a new --workdir")
-  except Exception:
-    ckpt.close()
-    raise
+  if restored is not None and restored.step > t.steps:
+    raise cfg_lib.ConfigError(f"the checkpoint in {ckpt.directory} is at step {restored.step}, past "
+                              f"train.steps={t.steps}: raise train.steps to continue it, or use a new --workdir")
   start = restored.step if restored is not None else 0
   phase = growth.phase_at(phases, start)
   prog = programs[phase]
@@ -329,8 +327,7 @@ def train(config, workdir: str, devices=None) -> dict:
   # What each phase's checkpoints hold: the run's config with that phase's model.
   configs_json = [json.loads(p.config.to_json_best_effort()) for p in phases]
   if is_main:  # only now: a config refused above must not replace the one that describes the run
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(configs_json[0], f, indent=2)
+    (workdir / "config.json").write_text(json.dumps(configs_json[0], indent=2))
 
   ##################################################################### Train loop
   writer = MetricWriter(workdir, total_steps=t.steps, first_step=start, progress=t.progress, enabled=is_main)
@@ -363,6 +360,7 @@ def train(config, workdir: str, devices=None) -> dict:
 
   step, stopped_by, compiling = start, None, True
   batches = loader.iterate(start, batch_sh)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
   try:
     with signals:
       while step < t.steps:
@@ -428,11 +426,14 @@ def train(config, workdir: str, devices=None) -> dict:
           clock.restart()
         with clock.paused():  # saving and evaluation are kept out of the throughput figures
           if "save" in actions:  # before evaluation: a signal or crash during evaluation cannot cost the step
+            writer.flush()  # in a bucket: the lines up to this step are there before its checkpoint can be
             ckpt.save(step, state, loader.fingerprint(), configs_json[phase])
             last_saved = step
           if "eval" in actions:
             last_eval = evaluate(state["params"])
             writer.write(step, last_eval)
+          if "save" in actions:
+            writer.flush()  # and the saved step's evaluation, as on a disk, where each line is appended at once
         if "stop" in actions:
           ckpt.wait()  # the step is on disk before the log says so
           stopped_by = signals.received or "a signal to another host"
@@ -445,8 +446,8 @@ def train(config, workdir: str, devices=None) -> dict:
     writer.close()
 
   ##################################################################### Finish
-  summary = {"workdir": workdir, "step": int(step), "stopped_by": stopped_by,
-             "checkpoints": ckpt.directory, "metrics": os.path.join(workdir, "metrics.jsonl"),
+  summary = {"workdir": os.fspath(workdir), "step": int(step), "stopped_by": stopped_by,
+             "checkpoints": ckpt.directory, "metrics": os.fspath(workdir / "metrics.jsonl"),
              "parameters": model.count_params(state["params"]), "skipped_steps": skipped,
              "total_flops": growth.total_flops(phases, step)}
   if step == t.steps:

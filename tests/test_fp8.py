@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import compile as aot
 from jaxtrain import fp8, model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,38 +138,21 @@ def test_default_grad_scale_does_not_overflow_and_a_huge_one_is_refused(tiny):
 
 # ---------------------------------------------------------------- real FP8 GEMMs on an H100 target (CUDA plugin)
 
-# The H100 SXM device description, trimmed to the fields jaxlib 0.10.2 reads, from openxla/xla
-# xla/backends/gpu/target_config/specs/h100_sxm.txtpb (Apache-2.0).
-H100 = """
-gpu_device_info {
-  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152 shared_memory_per_core: 233472
-  threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128 block_dim_limit_x: 2147483647
-  block_dim_limit_y: 65535 block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800
-  clock_rate_ghz: 1.98 device_memory_size: 84942979072 shared_memory_per_block_optin: 232448
-  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
-}
-platform_name: "CUDA"
-dnn_version_info { major: 8 minor: 9 patch: 4 }
-device_description_str: "NVIDIA H100 80GB HBM3"
-"""
-
-# Run in a child process: the CUDA topology needs JAX_PLATFORMS=cpu and a fresh backend. Prints the FLOPs of the
-# GEMMs whose both operands are FP8 and of all GEMMs, from the optimized HLO; exit 77 without the plugin.
+# Run in a child process (jaxtrain/compile.py's: a fresh backend, the CUDA plugin on its path). Prints the FLOPs of
+# the GEMMs whose both operands are FP8 and of all GEMMs, from the optimized HLO; exit 77 without the plugin.
 _GPU_SCRIPT = r'''
-import importlib.util, math, re, sys
+import math, re, sys
+from jaxtrain import compile as aot, config as cfg_lib, fp8, sharding, train
 try:
-  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
-    sys.exit(77)
-except ModuleNotFoundError:
+  aot.use_compiler("gpu")
+except cfg_lib.ConfigError:
   sys.exit(77)
 import jax, jax.numpy as jnp
-from jax.experimental import topologies
-from jaxtrain import config as cfg_lib, fp8, sharding, train
 sys.path.insert(0, "tests")
 from tiny import tiny_config
 
-topo = topologies.get_topology_desc(platform="cuda", topology="1x1x1", target_config=sys.argv[2])
-dev = topo.devices[0]
+devices = aot.topology_devices(aot.parse_topology("h100:1"))
+dev = devices[0]
 if sys.argv[1] == "linear":
   sh = jax.sharding.SingleDeviceSharding(dev)
   x = jax.ShapeDtypeStruct((4096, 4096), jnp.bfloat16, sharding=sh)
@@ -178,9 +162,10 @@ if sys.argv[1] == "linear":
   hlo = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2), (0, 1))).lower(x, w)
 else:
   c = tiny_config(sys.argv[4], **{"model.parametrization": "mus", "model.norm.placement": "res_post",
-      "model.tie_embeddings": False, "model.fp8": sys.argv[3], "model.compute_dtype": "bfloat16", "model.d_model": 128,
-      "model.mlp_dim": 256, "model.num_heads": 2, "model.num_layers": 1})
-  mesh = sharding.make_mesh(cfg_lib.mesh_shape(c.mesh, 1), topo.devices)
+      "model.tie_embeddings": False, "model.fp8": sys.argv[3], "model.compute_dtype": "bfloat16",
+      "model.attention": "xla", "model.d_model": 128, "model.mlp_dim": 256, "model.num_heads": 2,
+      "model.num_layers": 1})
+  mesh = sharding.make_mesh(cfg_lib.mesh_shape(c.mesh, 1), devices)
   prog = train.build(c, mesh)
   bsh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
   batch = {k: jax.ShapeDtypeStruct((8, 32), jnp.int32, sharding=bsh) for k in ("inputs", "targets")}
@@ -203,13 +188,13 @@ print(f8, total)
 
 
 def _gpu_gemm_flops(kind, mode, data_dir=""):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  # `make test` installs the CUDA plugin outside the venv's path (JAXTRAIN_GPU_AOT), so only this child loads it.
-  paths = (REPO, os.environ.get("JAXTRAIN_GPU_AOT", ""), env.get("PYTHONPATH", ""))
-  env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-  run = subprocess.run([sys.executable, "-c", _GPU_SCRIPT, kind, H100, mode, data_dir], capture_output=True,
+  env = aot.child_env("gpu")  # `make test` installs the CUDA plugin outside the venv's path: only this child loads it
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env["PYTHONPATH"]) if p)
+  run = subprocess.run([sys.executable, "-c", _GPU_SCRIPT, kind, "", mode, data_dir], capture_output=True,
                        text=True, env=env, timeout=600, cwd=REPO)
   if run.returncode == 77:
+    if "JAXTRAIN_GPU_AOT" in os.environ:  # `make test`, which installs it: not a skip
+      pytest.fail(f"no CUDA plugin in {aot.aot_dir('gpu')}")
     pytest.skip("jax-cuda12-plugin and jax-cuda12-pjrt 0.10.2 are not installed (pip install them to compile for an "
                 "H100 on this machine; ~180 MB download)")
   assert run.returncode == 0, run.stderr[-3000:]

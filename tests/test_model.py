@@ -161,5 +161,5 @@ def test_auto_attention_picks_the_platform_kernel():
   assert attention.kernel("auto", "float32", "cpu") == "blocked"
   assert attention.kernel("auto", "bfloat16", "gpu") == "cudnn"
   assert attention.kernel("auto", "float32", "gpu") == "xla"  # cuDNN's fused kernel needs 16-bit inputs
-  assert attention.kernel("auto", "bfloat16", "tpu") == "xla"
+  assert attention.kernel("auto", "bfloat16", "tpu") == "splash"
   assert attention.kernel("xla", "float32", "cpu") == "xla"

@@ -43,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from jaxtrain import grokking  # noqa: E402
+from jaxtrain import plots as jplots  # noqa: E402
 
 log = logging.getLogger("jaxtrain")
 
@@ -281,12 +282,12 @@ def plot(runs, out):
   (acc, sc), (norm, cos) = axes
   for name, h in runs.items():
     col, label, ev = colors[name], RUNS[name][0], h["eval"]
-    acc.plot(ev["step"][1:], 100 * ev["test_accuracy"][1:], color=col, label=f"{label}: test")
-    acc.plot(ev["step"][1:], 100 * ev["train_accuracy"][1:], color=col, ls="--", lw=1)
-    stride = max(1, len(h["step"]) // 2000)
-    sc.plot(h["step"][::stride], 100 * h["sc_fraction"][::stride], color=col, label=label)
-    norm.plot(h["step"][::stride], h["weight_norm"][::stride], color=col, label=label)
-    cos.plot(h["step"][::stride], h["grad_weight_cos"][::stride], color=col, label=label)
+    test = {label: (ev["step"][1:], 100 * ev["test_accuracy"][1:])}
+    jplots.curves(test, ax=acc, colors=col, label=lambda n: f"{n}: test", legend=False)
+    jplots.curves({label: (ev["step"][1:], 100 * ev["train_accuracy"][1:])}, ax=acc, colors=col, label=False, ls="--",
+                  lw=1, legend=False)
+    for ax, key, scale in ((sc, "sc_fraction", 100), (norm, "weight_norm", 1), (cos, "grad_weight_cos", 1)):
+      jplots.curves({label: (h["step"], scale * h[key])}, ax=ax, colors=col, max_points=2000, legend=False)
   acc.set(title="accuracy (solid: test, dashed: train)", ylabel="%")
   sc.set(title="Softmax Collapse fraction (train, in the loss dtype)", ylabel="% of train examples",
          ylim=(-3, 103))
@@ -297,27 +298,22 @@ def plot(runs, out):
     ax.grid(alpha=0.3)
   acc.legend(fontsize=8, loc="center left")
   fig.suptitle("MLP on (a + b) mod 113, 40% train, full batch")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, "summary.png"), dpi=90)
-  plt.close(fig)
+  jplots.save(fig, os.path.join(out, "summary.png"), dpi=90)
 
   for name, h in runs.items():  # one figure per run: the four curves on linear steps
     fig, ax = plt.subplots(1, 1, figsize=(8, 4.5))
     ev = h["eval"]
-    ax.plot(ev["step"], 100 * ev["train_accuracy"], label="train accuracy %")
-    ax.plot(ev["step"], 100 * ev["test_accuracy"], label="test accuracy %")
-    stride = max(1, len(h["step"]) // 2000)
-    ax.plot(h["step"][::stride], 100 * h["sc_fraction"][::stride], label="SC fraction %")
+    jplots.curves({"train accuracy %": (ev["step"], 100 * ev["train_accuracy"]),
+                   "test accuracy %": (ev["step"], 100 * ev["test_accuracy"])}, ax=ax, legend=False)
+    jplots.curves({"SC fraction %": (h["step"], 100 * h["sc_fraction"])}, ax=ax, max_points=2000, legend=False)
     ax.set(xlabel="step", ylabel="%", ylim=(-3, 103), title=RUNS[name][0])
     right = ax.twinx()
-    right.plot(h["step"][::stride], h["weight_norm"][::stride], color="k", lw=1, label="‖θ‖ (right)")
-    right.set(ylabel="‖θ‖")
+    jplots.curves({"‖θ‖ (right)": (h["step"], h["weight_norm"])}, ax=right, colors="k", lw=1, max_points=2000,
+                  legend=False, ylabel="‖θ‖")
     lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc="center right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"{name}.png"), dpi=80)
-    plt.close(fig)
+    jplots.save(fig, os.path.join(out, f"{name}.png"), dpi=80)
 
 
 # ---------------------------------------------------------------- StableMax's late collapse: Adam's ν in float32
@@ -414,19 +410,21 @@ def plot_collapse(runs, out, fname, title):
   (acc, loss), (norm, upd), (grad, zero) = axes
   share = zero.twinx()
   for (name, h), col in zip(runs.items(), plt.cm.Set1.colors):
-    ev, st, label = h["eval"], h["step"], name
-    acc.plot(ev["step"], 100 * ev["test_accuracy"], color=col, label=f"{label}: test")
-    acc.plot(ev["step"], 100 * ev["train_accuracy"], color=col, ls="--", lw=1)
-    loss.plot(st, h["loss"], color=col, lw=0.8, label=label)
-    norm.plot(st, h["weight_norm"], color=col, lw=0.8, label=label)
-    upd.plot(st, h["opt/update_max"], color=col, lw=0.6, label=label)
-    grad.plot(st, h["opt/grad_max"], color=col, lw=0.8, label=f"{label}: max |g|")
-    grad.plot(st, np.where(np.isfinite(h["opt/grad_min"]), h["opt/grad_min"], np.nan), color=col, lw=0.4, ls=":",
-              label=f"{label}: min non-zero |g|")
-    zero.plot(st, h["opt/nu_zero_m_nonzero"], color=col, lw=0.8, label=f"{label}: ν = 0, m ≠ 0 (count)")
-    share.plot(st, 100 * h["opt/grad_ftz_fraction"], color=col, lw=0.6, ls=":",
-               label=f"{label}: % of non-zero |g| in the flush band (right)")
-    share.plot(st, 100 * h["opt/nu_zero_fraction"], color=col, lw=0.6, ls="--", label=f"{label}: % of ν = 0 (right)")
+    ev, st, one = h["eval"], h["step"], dict(colors=col, legend=False)
+    jplots.curves({name: (ev["step"], 100 * ev["test_accuracy"])}, ax=acc, label=f"{name}: test", **one)
+    jplots.curves({name: (ev["step"], 100 * ev["train_accuracy"])}, ax=acc, label=False, ls="--", lw=1, **one)
+    jplots.curves({name: (st, h["loss"])}, ax=loss, lw=0.8, **one)
+    jplots.curves({name: (st, h["weight_norm"])}, ax=norm, lw=0.8, **one)
+    jplots.curves({name: (st, h["opt/update_max"])}, ax=upd, lw=0.6, **one)
+    jplots.curves({name: (st, h["opt/grad_max"])}, ax=grad, label=f"{name}: max |g|", lw=0.8, **one)
+    jplots.curves({name: (st, np.where(np.isfinite(h["opt/grad_min"]), h["opt/grad_min"], np.nan))}, ax=grad,
+                  label=f"{name}: min non-zero |g|", lw=0.4, ls=":", **one)
+    jplots.curves({name: (st, h["opt/nu_zero_m_nonzero"])}, ax=zero, label=f"{name}: ν = 0, m ≠ 0 (count)", lw=0.8,
+                  **one)
+    jplots.curves({name: (st, 100 * h["opt/grad_ftz_fraction"])}, ax=share,
+                  label=f"{name}: % of non-zero |g| in the flush band (right)", lw=0.6, ls=":", **one)
+    jplots.curves({name: (st, 100 * h["opt/nu_zero_fraction"])}, ax=share, label=f"{name}: % of ν = 0 (right)",
+                  lw=0.6, ls="--", **one)
   lr = next(iter(runs.values()))["config"]["lr"]
   b2 = next(iter(runs.values()))["config"]["b2"]
   upd.axhline(lr, color="k", lw=0.8, ls="--", label=f"lr = {lr:g}")
@@ -447,9 +445,7 @@ def plot_collapse(runs, out, fname, title):
   for ax in axes[-1]:
     ax.set(xlabel="step")
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, fname), dpi=80)
-  plt.close(fig)
+  jplots.save(fig, os.path.join(out, fname), dpi=80)
 
 
 def collapse_report(runs, out):

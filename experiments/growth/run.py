@@ -48,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from jaxtrain import growth  # noqa: E402
+from jaxtrain import plots as jplots  # noqa: E402
 from jaxtrain.metrics import read_metrics  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -300,14 +301,13 @@ def plots(m, out_dir):
         cur = smoothed_train(r) if which == "train" else r["eval"]
         if not cur:
           continue
-        x = np.array([p[0] for p in cur]) / budget
-        y = np.array([p[1] for p in cur])
-        style = dict(color=COLORS.get(run, "gray"), lw=2.2 if run == "scratch" else 1.3)
-        ax.plot(x, y, "-" if which == "train" else ".-", label=r["label"], **style)
+        color = COLORS.get(run, "gray")
+        jplots.curves({r["label"]: (np.array([p[0] for p in cur]) / budget, [p[1] for p in cur])}, ax=ax,
+                      colors=color, lw=2.2 if run == "scratch" else 1.3, marker=None if which == "train" else ".",
+                      legend=False, xlabel="total FLOPs / budget (base training included)",
+                      ylabel=f"{'training loss (smoothed)' if which == 'train' else 'validation loss'} (nats/byte)")
         for e in r["events"][-1:]:  # the growth event: where the target's curve starts
-          ax.axvline(r["base_flops"] / budget, color=style["color"], lw=0.6, ls=":")
-      ax.set_xlabel("total FLOPs / budget (base training included)")
-      ax.set_ylabel(f"{'training loss (smoothed)' if which == 'train' else 'validation loss'} (nats/byte)")
+          ax.axvline(r["base_flops"] / budget, color=color, lw=0.6, ls=":")
       ax.grid(alpha=0.3)
       sc = ms.get("scratch")
       if zoom and sc and sc["eval"]:
@@ -320,9 +320,7 @@ def plots(m, out_dir):
       else:
         ax.set_title(f"{which} loss against total FLOPs")
   axes[0][1].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "loss_vs_flops.png"), dpi=110)
-  plt.close(fig)
+  jplots.save(fig, os.path.join(out_dir, "loss_vs_flops.png"))
 
 
 # ---------------------------------------------------------------- report

@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from jaxtrain import config as cfg_lib, proxies, sweep  # noqa: E402
+from jaxtrain import plots as jplots  # noqa: E402
 from jaxtrain.metrics import read_metrics  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -168,14 +169,14 @@ def plots(data, args):
   marks = {w: m for w, m in zip(widths, ("o", "s", "^", "D"))}
 
   def loss_axes(ax, key, label):
+    """Final loss against η, capped at ℓ0 as LR sensitivity counts it (× diverged: at ℓ0)."""
     s = data.get(key)
     if not s:
       return
-    lrs = sorted(s["capped"])
-    ax.plot(lrs, [s["capped"][lr] for lr in lrs], marker=marks[key[0]], ms=4, label=label,
-            color=COLORS[key[1]] if label != f"d={key[0]}" else None)
-    div = [lr for lr in lrs if s["runs"][lr]["status"] == "diverged"]
-    ax.scatter(div, [s["l0"]] * len(div), marker="x", s=60, color="k", zorder=5)
+    points = [{"lr": lr, "loss": r["final"], "status": r["status"]} for lr, r in s["runs"].items()]
+    jplots.sweep(points, "lr", "loss", ax, label=label, cap=s["l0"], failed=("diverged",), failed_color="k",
+                 marker=marks[key[0]], colors=COLORS[key[1]] if label != f"d={key[0]}" else None, legend=False,
+                 xlabel="", ylabel="")
 
   def lr_figure(panels, size, fontsize, title, fname):
     """One row of panels (title, [(key, label), ...]): final loss against the learning rate."""
@@ -187,9 +188,7 @@ def plots(data, args):
       ax.legend(fontsize=fontsize)
     axes[0][0].set_ylabel("final validation loss, capped at ℓ0")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, fname), dpi=110)
-    plt.close(fig)
+    jplots.save(fig, os.path.join(args.out, fname))
 
   lr_figure([(n, [((w, n), f"d={w}") for w in widths]) for n in names], (3.6, 3.4), 8,
             "final loss against learning rate, per setting (× diverged: counted as ℓ0)", "loss_vs_lr.png")
@@ -199,7 +198,8 @@ def plots(data, args):
 
   cmap = plt.get_cmap("viridis")
 
-  def grid_plot(fname, title, draw, ylabel, log=True):
+  def grid_plot(fname, title, curve, ylabel, log=True, mark=True, **line_kw):
+    """Every run's `curve(run)` over training: a panel per (width, setting), a color per learning rate."""
     fig, axes = plt.subplots(len(widths), len(names), figsize=(3.6 * len(names), 2.9 * len(widths)),
                              sharex=True, sharey="row", squeeze=False)  # one scale per width: settings compare
     for i, w in enumerate(widths):
@@ -209,7 +209,11 @@ def plots(data, args):
         if s:
           lrs = sorted(s["runs"])
           for k, lr in enumerate(lrs):
-            draw(ax, s["runs"][lr], cmap(k / max(len(lrs) - 1, 1)), f"{lr:g}")
+            r = s["runs"][lr]
+            steps_S, v_S = curve(r)
+            if len(steps_S):
+              jplots.curves({f"{lr:g}": (steps_S, v_S)}, ax=ax, colors=cmap(k / max(len(lrs) - 1, 1)),
+                            mark_end=mark and r["status"] == "diverged", legend=False, xlabel="", ylabel="", **line_kw)
         ax.set(title=f"d={w}, {n}", yscale="log" if log else "linear")
         if i == len(widths) - 1:
           ax.set_xlabel("step")
@@ -217,31 +221,18 @@ def plots(data, args):
           ax.set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=6, title="peak LR", title_fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, fname), dpi=100)
-    plt.close(fig)
+    jplots.save(fig, os.path.join(args.out, fname), dpi=100)
 
-  def draw_attn(ax, r, color, label):
+  def attn(r):
     steps_S, logits_SL = r["attn"]
-    if len(steps_S):
-      ax.plot(steps_S, logits_SL.max(1), color=color, label=label, lw=1.2, marker=".", ms=3)
-      if r["status"] == "diverged":
-        ax.plot(steps_S[-1], logits_SL.max(1)[-1], "kx")
-
-  def draw_logz(ax, r, color, label):
-    steps_S, v_S = r["log_z"]
-    ax.plot(steps_S, v_S, color=color, label=label, lw=0.8)
-
-  def draw_loss(ax, r, color, label):
-    steps_S, v_S = r["loss"]
-    ax.plot(steps_S, v_S, color=color, label=label, lw=0.8)
-    if r["status"] == "diverged" and len(steps_S):
-      ax.plot(steps_S[-1], v_S[-1], "kx")
+    return steps_S, logits_SL.max(1) if len(steps_S) else logits_SL
 
   grid_plot("attn_logit.png", "max attention logit (max over layers) during training; × a diverged run's last record",
-            draw_attn, "max |q·k|/√d_h")
-  grid_plot("log_z.png", "log Z (mean logsumexp of the output logits) during training", draw_logz, "log Z", log=False)
-  grid_plot("train_loss.png", "training cross-entropy; × where a diverged run stopped", draw_loss, "train CE")
+            attn, "max |q·k|/√d_h", lw=1.2, marker=".", ms=3)
+  grid_plot("log_z.png", "log Z (mean logsumexp of the output logits) during training", lambda r: r["log_z"], "log Z",
+            log=False, mark=False, lw=0.8)
+  grid_plot("train_loss.png", "training cross-entropy; × where a diverged run stopped", lambda r: r["loss"],
+            "train CE", lw=0.8)
 
   unstable = [(w, n, lr, r) for (w, n), s in sorted(data.items()) for lr, r in sorted(s["runs"].items())
               if r["unstable"]]
@@ -252,20 +243,17 @@ def plots(data, args):
     for idx, (w, n, lr, r) in enumerate(unstable):
       ax_a, ax_z = axes[2 * (idx // cols)][idx % cols], axes[2 * (idx // cols) + 1][idx % cols]
       steps_S, logits_SL = r["attn"]
-      for layer in range(logits_SL.shape[1] if len(steps_S) else 0):
-        ax_a.plot(steps_S, logits_SL[:, layer], label=f"layer {layer + 1}")
-      ax_a.set(yscale="log", title=f"d={w}, {n}, lr {lr:g}\n{r['status']}"
-               + (f" at step {r['last_step']}" if r["status"] == "diverged" else ""), ylabel="max attn logit")
+      jplots.curves({f"layer {l + 1}": (steps_S, logits_SL[:, l]) for l in range(logits_SL.shape[1])}
+                    if len(steps_S) else {}, ax=ax_a, logy=True, legend=False, xlabel="", ylabel="max attn logit",
+                    title=f"d={w}, {n}, lr {lr:g}\n{r['status']}"
+                    + (f" at step {r['last_step']}" if r["status"] == "diverged" else ""))
       ax_a.legend(fontsize=6)
-      ax_z.plot(*r["log_z"], lw=0.8)
-      ax_z.set(ylabel="log Z", xlabel="step")
+      jplots.curves({"log Z": r["log_z"]}, ax=ax_z, lw=0.8, legend=False, xlabel="step", ylabel="log Z")
     for idx in range(len(unstable), rows_n * cols):
       axes[2 * (idx // cols)][idx % cols].axis("off")
       axes[2 * (idx // cols) + 1][idx % cols].axis("off")
     fig.suptitle("runs that diverged or came close: max attention logit per layer, and log Z")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "unstable_runs.png"), dpi=100)
-    plt.close(fig)
+    jplots.save(fig, os.path.join(args.out, "unstable_runs.png"), dpi=100)
 
 
 # ---------------------------------------------------------------- report

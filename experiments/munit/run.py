@@ -41,6 +41,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from jaxtrain import plots as jplots  # noqa: E402
 from jaxtrain.metrics import read_metrics  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -294,33 +295,20 @@ def plots(m, s, out_dir):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   widths, d_base = s["widths"], s["widths"][0]
-  colors = plt.cm.viridis(np.linspace(0, 0.9, len(widths)))
+  colors = dict(zip(widths, plt.cm.viridis(np.linspace(0, 0.9, len(widths)))))
   fig, axes = plt.subplots(2, 2, figsize=(11, 8))
   for col, p in enumerate(PARAMS):
     rows = m["transfer"].get(p, [])
     for coord, ax in ((0, axes[0][col]), (1, axes[1][col])):
-      for w, c in zip(widths, colors):
-        pts = sorted((r["lr"], r) for r in rows if r["d_model"] == w)
-        xs = [applied(p, lr, w, d_base) if coord else lr for lr, _ in pts]
-        ys = [r["final_eval_loss"] if r["status"] == "ok" else np.nan for _, r in pts]
-        ax.plot(xs, ys, marker="o", ms=4, color=c, label=f"d = {w}")
-        for x, (_, r) in zip(xs, pts):
-          if r["status"] != "ok":  # diverged or failed: marked at the top
-            ax.plot([x], [ax.get_ylim()[1]], marker="x", color=c, ms=8)
-        ok = [(x, y) for x, y in zip(xs, ys) if np.isfinite(y)]
-        if ok:
-          x, y = min(ok, key=lambda t: t[1])
-          ax.plot([x], [y], marker="*", ms=14, color=c, markeredgecolor="k")
-      ax.set_xscale("log", base=2)
+      points = [dict(r, eta=applied(p, r["lr"], r["d_model"], d_base) if coord else r["lr"]) for r in rows]
       rule = "η (optim.lr: the rate at d_base, transferred by " + (
           "μS's rule)" if p == "mus" else "SP's rule η·d_base/d)")
-      ax.set(xlabel=("hidden matrices' applied η" if coord else rule), ylabel="final validation loss",
-             title=f"{NAMES[p]}" + (": loss vs applied hidden η" if coord else ": loss vs transferred η"))
-      ax.legend(fontsize=8)
+      jplots.sweep(points, "eta", ax=ax, by="d_model", best=True, base=2, label=lambda key: f"d = {key[0]}",
+                   colors=lambda key: colors[key[0]], xlabel=("hidden matrices' applied η" if coord else rule),
+                   ylabel="final validation loss",
+                   title=f"{NAMES[p]}" + (": loss vs applied hidden η" if coord else ": loss vs transferred η"))
   fig.suptitle("width transfer: ★ = best η per width (d_base = %d)" % d_base)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "transfer.png"), dpi=110)
-  plt.close(fig)
+  jplots.save(fig, os.path.join(out_dir, "transfer.png"))
 
   # best applied η against width, with the two rules' predictions
   fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -339,17 +327,9 @@ def plots(m, s, out_dir):
   ax.set_xscale("log", base=2)
   ax.set_yscale("log", base=2)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "best_lr.png"), dpi=110)
-  plt.close(fig)
+  jplots.save(fig, os.path.join(out_dir, "best_lr.png"))
 
   labels = {k: lab for k, _, lab, _ in FP8_RUNS}
-
-  def smooth(ys, k=5):
-    ys = np.asarray(ys, float)
-    if len(ys) < k:
-      return ys
-    return np.convolve(np.pad(ys, (k // 2, k // 2), mode="edge"), np.ones(k) / k, mode="valid")
 
   for fname, keys, ref in (("fp8.png", PART2, ()), ("sp_static.png", PART3, ("sp_none", "mus_none"))):
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
@@ -357,9 +337,9 @@ def plots(m, s, out_dir):
       r = m["fp8"].get(k)
       if not r or not r["loss"]:
         continue
-      st, ys = zip(*r["loss"])
-      ls = ":" if k in ref else "-"
-      line, = axes[0].plot(st, smooth(ys), ls=ls, label=f"{labels[k]} ({r['status']}; val {_f(r['final_eval_loss'])})")
+      jplots.curves({f"{labels[k]} ({r['status']}; val {_f(r['final_eval_loss'])})": tuple(zip(*r["loss"]))},
+                    ax=axes[0], smooth=5, ls=":" if k in ref else "-", legend=False)
+      line = axes[0].lines[-1]
       c = line.get_color()  # one colour per run; the tensor by marker and line style
       f = r["fp8"]
       if f and k not in ref:
@@ -367,7 +347,7 @@ def plots(m, s, out_dir):
                      label=f"{labels[k]}: g (E5M2)")
         axes[1].plot(f["steps"], np.array(f["x_underflow"]) * 100, color=c, marker="^", ms=3, ls="--",
                      label="x (E4M3)")
-        axes[1].plot(f["steps"], np.array(f["w_underflow"]) * 100, color=c, marker="s", ms=3, ls=":", label=f"w (E4M3)")
+        axes[1].plot(f["steps"], np.array(f["w_underflow"]) * 100, color=c, marker="s", ms=3, ls=":", label="w (E4M3)")
         for t, mk, ls_ in (("g", "o", "-"), ("x", "^", "--"), ("w", "s", ":")):
           axes[2].plot(f["steps"], np.array(f[f"{t}_saturation_max"]) * 100, color=c, marker=mk, ms=3, ls=ls_,
                        label=f"{labels[k]}: {t}" if t == "g" else t)
@@ -379,9 +359,7 @@ def plots(m, s, out_dir):
       ax.set_ylim(bottom=0)
     for ax in axes:
       ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, fname), dpi=110)
-    plt.close(fig)
+    jplots.save(fig, os.path.join(out_dir, fname))
 
 
 def _f(x, fmt="{:.3f}"):

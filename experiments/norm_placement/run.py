@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 from jaxtrain import config as cfg_lib  # noqa: E402
 from jaxtrain import data, diagnostics, sharding, train  # noqa: E402
+from jaxtrain import plots as jplots  # noqa: E402
 from jaxtrain.checkpoint import Checkpointer  # noqa: E402
 from jaxtrain.metrics import read_metrics  # noqa: E402
 
@@ -95,54 +96,37 @@ def plots(results, out_dir):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import pandas as pd  # pylint: disable=import-outside-toplevel
 
-  def per_layer(key, fname, title, log=False, which=-1):
+  diag = {NAMES[r["placement"]]: pd.DataFrame(r["diag"]) for r in results if r["diag"]}
+
+  def per_layer(key, fname, title, step=None):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-      if r["diag"]:
-        d = r["diag"][which]
-        ax.plot(np.arange(1, len(d[key]) + 1), d[key], marker="o", ms=3, label=f"{NAMES[r['placement']]} (step {d['step']})")
-    ax.set(xlabel="layer", title=title, yscale="log" if log else "linear")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, fname), dpi=110)
-    plt.close(fig)
+    jplots.by_depth(diag, key, ax, step=step, logy=True, ylabel="", title=title)
+    jplots.save(fig, os.path.join(out_dir, fname))
 
-  per_layer("layers/grad_norm", "grad_norm_early.png", "per-layer gradient norm, first diagnostics step", log=True, which=0)
-  per_layer("layers/grad_norm", "grad_norm_final.png", "per-layer gradient norm, last diagnostics step", log=True)
-  per_layer("layers/resid_var", "resid_var.png", "residual-stream variance after each block (last diagnostics step)", log=True)
-  per_layer("layers/resid_max_abs", "resid_max_abs.png", "max |activation| after each block", log=True)
+  per_layer("layers/grad_norm", "grad_norm_early.png", "per-layer gradient norm, first diagnostics step", step="first")
+  per_layer("layers/grad_norm", "grad_norm_final.png", "per-layer gradient norm, last diagnostics step")
+  per_layer("layers/resid_var", "resid_var.png", "residual-stream variance after each block (last diagnostics step)")
+  per_layer("layers/resid_max_abs", "resid_max_abs.png", "max |activation| after each block")
 
   fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
   for ax, r in zip(axes[0], results):
-    a = r["angular_last"]
-    rescaled = (a - np.nanmin(a, 1, keepdims=True)) / (np.nanmax(a, 1, keepdims=True) - np.nanmin(a, 1, keepdims=True) + 1e-12)
-    ax.imshow(rescaled, aspect="auto", cmap="viridis", origin="lower",
-              extent=(0.5, a.shape[1] + 0.5, 0.5, a.shape[0] + 0.5))
-    ax.set(title=NAMES[r["placement"]], xlabel="layer ℓ", ylabel="n (block size)")
+    jplots.heatmap(r["angular_last"], ax=ax, normalize="row", colorbar=False, title=NAMES[r["placement"]],
+                   xlabel="layer ℓ", ylabel="n (block size)")
   fig.suptitle("angular distance d(x^ℓ, x^(ℓ+n)), last token, each row min-max scaled")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "angular_distance.png"), dpi=110)
-  plt.close(fig)
+  jplots.save(fig, os.path.join(out_dir, "angular_distance.png"))
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for r in results:
-    ax.plot(np.arange(1, len(r["skip_drop"]) + 1), r["skip_drop"], marker="o", ms=3, label=NAMES[r["placement"]])
-  ax.set(xlabel="skipped layer", ylabel="validation-loss increase", yscale="symlog", title="skip-one-layer drop")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "skip_drop.png"), dpi=110)
-  plt.close(fig)
+  jplots.by_depth({NAMES[r["placement"]]: r["skip_drop"] for r in results}, ax=ax, xlabel="skipped layer",
+                  ylabel="validation-loss increase", title="skip-one-layer drop")
+  ax.set_yscale("symlog")
+  jplots.save(fig, os.path.join(out_dir, "skip_drop.png"))
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for r in results:
-    steps, losses = zip(*r["eval"]) if r["eval"] else ((), ())
-    ax.plot(steps, losses, marker="o", ms=3, label=NAMES[r["placement"]])
-  ax.set(xlabel="step", ylabel="validation loss", title="validation loss")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "eval_loss.png"), dpi=110)
-  plt.close(fig)
+  jplots.curves({NAMES[r["placement"]]: tuple(zip(*r["eval"])) if r["eval"] else ((), ()) for r in results}, ax=ax,
+                marker="o", ms=3, xlabel="step", ylabel="validation loss", title="validation loss")
+  jplots.save(fig, os.path.join(out_dir, "eval_loss.png"))
 
 
 def checks(by):

@@ -26,7 +26,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxtrain.data import builders
+from jaxtrain import paths
+from jaxtrain.data import builders, sources
 
 DEFAULT_DATA_DIR = "~/.cache/jaxtrain/tensorflow_datasets"
 OPS = {
@@ -142,8 +143,10 @@ class SparseParity(_Local, skip_registration=True):
 
 
 def prepared(cls, config, data_dir: str = DEFAULT_DATA_DIR):
-  """The builder `cls(config)` in `data_dir`, prepared on first use (see `builders.prepare_locked`)."""
-  return builders.prepare_locked(cls, config, os.path.expanduser(data_dir))
+  """The builder `cls(config)` in `data_dir`, prepared on first use (see `builders.prepare_locked`); for a bucket
+  data_dir, in its local mirror (the tasks are generated, so each host makes its own)."""
+  ddir = data_dir.rstrip("/") if paths.is_remote(data_dir) else os.path.expanduser(data_dir)
+  return builders.prepare_locked(cls, config, sources.local_dir(ddir))
 
 
 def _read(builder, split: str) -> dict[str, np.ndarray]:

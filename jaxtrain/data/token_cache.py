@@ -11,6 +11,12 @@ keyed by the dataset's TFDS full name (name/config/version; for `pystdlib` and
 identity. The first process to take the lock builds it into a temporary directory
 and renames it into place; the others wait, then read it. Building is
 deterministic, so hosts that share no disk each build the same bytes.
+
+With `data.data_dir` in a bucket the memmapped copy lives in the data dir's
+local mirror (sources.local_dir) and the bucket's `token_cache/` shares it: a
+host fetches it from there (checking its sha256) if any host or earlier run has
+uploaded it, else builds it and uploads it (tokens.bin first, meta.json last: a
+reader takes meta.json as the sign that the cache is complete).
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ import shutil
 import tempfile
 import time
 
+from etils import epath
 import ml_collections
 import numpy as np
 
+from jaxtrain import paths
 from jaxtrain.data import sources
 from jaxtrain.data.errors import DataError
 from jaxtrain.data.tokenizer import make_tokenizer
@@ -75,10 +83,16 @@ def _worker_tokenize(cfg_json: str, split: str, lo: int, hi: int, dtype: str) ->
 
 
 def load(data_cfg, split: str) -> TokenCache:
-  """The token cache of `split` of `data_cfg`, built on first use (`data.num_workers` processes tokenize)."""
-  opened, tok = sources.open_split(data_cfg, split), make_tokenizer(data_cfg)
-  root = os.path.join(sources.data_dir(data_cfg), "token_cache")
-  final = os.path.join(root, _safe(f"{opened.identity}.{split}.{tok.identity}.v{FORMAT}"))
+  """The token cache of `split` of `data_cfg`, built on first use (`data.num_workers` processes tokenize); with a
+  bucket data_dir, fetched from the bucket if it is there (module docstring)."""
+  ddir = sources.data_dir(data_cfg)
+  remote = paths.is_remote(ddir)
+  # From a bucket, a TFDS dataset is copied to the local mirror only if the cache must be built from it.
+  opened, tok = sources.open_split(data_cfg, split, stage=not remote), make_tokenizer(data_cfg)
+  name = _safe(f"{opened.identity}.{split}.{tok.identity}.v{FORMAT}")
+  root = os.path.join(sources.local_dir(ddir), "token_cache")
+  final = os.path.join(root, name)
+  shared = paths.resolve(ddir) / "token_cache" / name if remote else None
   if not os.path.isfile(os.path.join(final, "meta.json")):
     try:
       os.makedirs(root, exist_ok=True)
@@ -87,14 +101,53 @@ def load(data_cfg, split: str) -> TokenCache:
         if not os.path.isfile(os.path.join(final, "meta.json")):
           for stale in glob.glob(final + ".incomplete-*"):  # left by a builder killed mid-way (it held the lock)
             shutil.rmtree(stale, ignore_errors=True)
-          _build(data_cfg, split, opened, tok, root, final)
+          if shared is not None and (shared / "meta.json").exists():
+            _fetch(shared, root, final)
+          else:
+            if opened.source is None:
+              opened = sources.open_split(data_cfg, split)  # the dataset, copied from the bucket now
+            _build(data_cfg, split, opened, tok, root, final)
+            if shared is not None:
+              _upload(final, shared)
     except OSError as e:
       raise DataError(f"cannot write the token cache in {root} ({e}): set --config.data.data_dir "
-                      "to a writable directory") from e
+                      "to a writable directory" + (" or JAXTRAIN_BUCKET_CACHE to a writable local one" if remote
+                                                    else "")) from e
   with open(os.path.join(final, "meta.json")) as f:
     meta = json.load(f)
   tokens = np.memmap(os.path.join(final, "tokens.bin"), dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
   return TokenCache(tokens, meta, final)
+
+
+def _fetch(shared: epath.Path, root: str, final: str) -> None:
+  """Copies the cache `shared` (in a bucket) to `final`, checking the tokens against meta.json's sha256."""
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".incomplete-", dir=root)
+  try:
+    meta = json.loads((shared / "meta.json").read_text())
+    sha = hashlib.sha256()
+    with (shared / "tokens.bin").open("rb") as r, open(os.path.join(tmp, "tokens.bin"), "wb") as w:
+      while chunk := r.read(1 << 24):
+        sha.update(chunk)
+        w.write(chunk)
+    if sha.hexdigest() != meta["sha256"]:
+      raise DataError(f"the token cache in {shared} is damaged (its tokens.bin does not match meta.json's sha256): "
+                      "delete that directory, and the next run rebuilds it")
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(meta, f, indent=1)
+    try:
+      os.rename(tmp, final)
+    except OSError:
+      if not os.path.isfile(os.path.join(final, "meta.json")):
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _upload(final: str, shared: epath.Path) -> None:
+  """Copies the built cache `final` to the bucket: tokens.bin, then meta.json, which marks it complete."""
+  with open(os.path.join(final, "tokens.bin"), "rb") as r, (shared / "tokens.bin").open("wb") as w:
+    shutil.copyfileobj(r, w, 1 << 24)
+  (shared / "meta.json").write_text((epath.Path(final) / "meta.json").read_text())
 
 
 def _build(data_cfg, split, opened, tok, root, final):

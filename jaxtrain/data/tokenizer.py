@@ -6,10 +6,10 @@ token cache and the resume check key on it, not on a file path).
 """
 
 import hashlib
-import os
 
 import numpy as np
 
+from jaxtrain import paths
 from jaxtrain.data.errors import DataError
 
 
@@ -31,16 +31,15 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-  """A SentencePiece `.model`; eos comes from the model."""
+  """A SentencePiece `.model` (a local path or gs://); eos comes from the model."""
 
   def __init__(self, path: str):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
+    path = paths.resolve(path)
+    if not path.is_file():
       raise DataError(f"SentencePiece model {path} not found: set --config.data.tokenizer "
                       "to an existing .model file, or to 'byte'")
-    with open(path, "rb") as f:
-      model = f.read()
+    model = path.read_bytes()
     self._sp = spm.SentencePieceProcessor(model_proto=model)
     self.identity = "sentencepiece-" + hashlib.sha256(model).hexdigest()[:16]
     self.vocab_size = self._sp.get_piece_size()
