@@ -222,12 +222,14 @@ class _Parser(argparse.ArgumentParser):
     raise UsageError(message)
 
 
-def parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="jaxtrain", usage=USAGE, description=__doc__, allow_abbrev=False,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", help="a config file, optionally with :arg for get_config(arg)")
-  p.add_argument("--workdir", help="where config.json, metrics and checkpoints go")
-  p.add_argument("--helpfull", action="store_true", help="list every config field (type, default, value) and exit")
+def tool_parser(prog: str, usage: str, description: str | None) -> argparse.ArgumentParser:
+  """An argparse parser for `python -m jaxtrain.<tool>`: errors as one line (UsageError), the docstring as help."""
+  return _Parser(prog=prog, usage=usage, description=description, allow_abbrev=False,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_host_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """The multi-host flags (`start_jax` reads them) of every command that runs on all hosts."""
   p.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() first: one process per host (TPU pods, SLURM, local runs)")
   p.add_argument("--coordinator", metavar="HOST:PORT",
@@ -240,6 +242,22 @@ def parser() -> argparse.ArgumentParser:
                  help="simulated CPU devices in this process (default: XLA_FLAGS' "
                       "--xla_force_host_platform_device_count, else 1)")
   return p
+
+
+def setup_logging() -> None:
+  """INFO lines with the time; the libraries' chatter (TFDS warns of every custom builder config) kept out."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+  for noisy in ("absl", "orbax", "jax._src", "grain"):
+    logging.getLogger(noisy).setLevel(logging.ERROR)
+  logging.getLogger("gcsfs").setLevel(logging.WARNING)  # a gs:// workdir: one INFO line per file opened
+
+
+def parser() -> argparse.ArgumentParser:
+  p = tool_parser("jaxtrain", USAGE, __doc__)
+  p.add_argument("--config", help="a config file, optionally with :arg for get_config(arg)")
+  p.add_argument("--workdir", help="where config.json, metrics and checkpoints go")
+  p.add_argument("--helpfull", action="store_true", help="list every config field (type, default, value) and exit")
+  return add_host_flags(p)
 
 
 def parse_tool_args(tool_parser: argparse.ArgumentParser, argv: list[str]):
@@ -285,10 +303,7 @@ def main(argv: list[str] | None = None) -> int:
   from jaxtrain import malloc  # pylint: disable=g-import-not-at-top
   if argv is None:  # a real command line: on a CPU run, may restart the process with malloc tuned (see malloc.py)
     malloc.tune_process()
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "orbax", "jax._src", "grain"):  # TFDS warns of every custom builder config
-    logging.getLogger(noisy).setLevel(logging.ERROR)
-  logging.getLogger("gcsfs").setLevel(logging.WARNING)  # a gs:// workdir: one INFO line per file opened
+  setup_logging()
   from jaxtrain import checkpoint, config as cfg_lib, data, train  # pylint: disable=g-import-not-at-top
   try:
     config, workdir = parse(sys.argv[1:] if argv is None else argv)

@@ -410,9 +410,7 @@ def compile_config(config, target: Target, mfu: float = 0.4, out=print) -> tuple
 
 
 def parser() -> argparse.ArgumentParser:
-  p = cli._Parser(  # pylint: disable=protected-access  # the CLI's argparse: errors as one line (UsageError)
-      prog="python -m jaxtrain.compile", usage=USAGE, description=__doc__, allow_abbrev=False,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.tool_parser("python -m jaxtrain.compile", USAGE, __doc__)
   p.add_argument("--config", required=True, help="a config file, optionally with :arg for get_config(arg)")
   p.add_argument("--topology", required=True, help="what to compile for: v5e:4x4, v4:2x2x2, v5e-256, h100:8, cpu:8")
   p.add_argument("--mfu", type=float, default=0.4, help="the MFU the expected step time assumes (default 0.4)")

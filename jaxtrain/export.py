@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -108,9 +107,7 @@ def _leaves(tree):
 
 def parser() -> argparse.ArgumentParser:
   from jaxtrain import __main__ as cli  # pylint: disable=g-import-not-at-top
-  p = cli._Parser(  # pylint: disable=protected-access  # the CLI's argparse: errors as one line (UsageError)
-      prog="python -m jaxtrain.export", usage=USAGE, description=__doc__,
-      allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.tool_parser("python -m jaxtrain.export", USAGE, __doc__)
   p.add_argument("--workdir", required=True, help="the run to export")
   p.add_argument("--out", required=True, help="the HF model directory to write (new or empty)")
   p.add_argument("--step", type=int, help="the checkpoint step (default: the newest)")
@@ -121,10 +118,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   """The CLI: 0 when the model directory is written, 2 for a command that cannot run (one line)."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "orbax", "jax._src"):
-    logging.getLogger(noisy).setLevel(logging.ERROR)
   from jaxtrain import __main__ as cli, checkpoint, data  # pylint: disable=g-import-not-at-top
+  cli.setup_logging()
   try:
     args, overrides = cli.parse_tool_args(parser(), sys.argv[1:] if argv is None else list(argv))
     if overrides:

@@ -470,9 +470,7 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
 
 def parser() -> argparse.ArgumentParser:
   """The flags; `--config.` overrides (of the target) and `--flagfile` are split off first, as the CLI does."""
-  p = cli._Parser(  # pylint: disable=protected-access  # the CLI's argparse: errors as one line (UsageError)
-      prog="python -m jaxtrain.grow", usage=USAGE, description=__doc__, allow_abbrev=False,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.tool_parser("python -m jaxtrain.grow", USAGE, __doc__)
   p.add_argument("--from", dest="source", required=True, metavar="DIR", help="the trained run's workdir")
   p.add_argument("--to", required=True, metavar="CONFIG[:ARG]",
                  help="the target's config file (with --config.<field>=<value> overrides)")
@@ -489,19 +487,12 @@ def parser() -> argparse.ArgumentParser:
                  help="keep the source's step (continue its data stream and the schedule there) instead of step 0")
   p.add_argument("--seed", type=int, help="the PRNG seed of fresh entries (default: the target's config.seed)")
   p.add_argument("--no_eval", action="store_true", help="skip the eval loss before and after growth")
-  p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
-  p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
-  p.add_argument("--num_processes", type=int, metavar="N", help="number of processes (implies --distributed)")
-  p.add_argument("--process_id", type=int, metavar="I", help="this process's id (implies --distributed)")
-  p.add_argument("--cpu_devices", type=int, metavar="N", help="simulated CPU devices in this process")
-  return p
+  return cli.add_host_flags(p)
 
 
 def main(argv: list[str] | None = None) -> int:
   """The CLI: 0 when the grown checkpoint is written, 2 for a command that cannot run (one line)."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "orbax", "jax._src", "grain"):
-    logging.getLogger(noisy).setLevel(logging.ERROR)
+  cli.setup_logging()
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     args, overrides = cli.parse_tool_args(parser(), argv)

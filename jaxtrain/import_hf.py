@@ -200,27 +200,18 @@ def import_hf(source: str, config, workdir: str, overrides: list[str] | tuple[st
 
 def parser() -> argparse.ArgumentParser:
   from jaxtrain import __main__ as cli  # pylint: disable=g-import-not-at-top
-  p = cli._Parser(  # pylint: disable=protected-access  # the CLI's argparse: errors as one line (UsageError)
-      prog="python -m jaxtrain.import_hf", usage=USAGE, description=__doc__,
-      allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.tool_parser("python -m jaxtrain.import_hf", USAGE, __doc__)
   p.add_argument("--from", dest="source", required=True, metavar="HF_DIR", help="a local HF model directory")
   p.add_argument("--config", required=True, metavar="CONFIG[:ARG]",
                  help="the training config (its model fields are replaced by the HF model's)")
   p.add_argument("--workdir", required=True, help="the new run's workdir (must hold no checkpoints)")
-  p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
-  p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
-  p.add_argument("--num_processes", type=int, metavar="N", help="number of processes (implies --distributed)")
-  p.add_argument("--process_id", type=int, metavar="I", help="this process's id (implies --distributed)")
-  p.add_argument("--cpu_devices", type=int, metavar="N", help="simulated CPU devices in this process")
-  return p
+  return cli.add_host_flags(p)
 
 
 def main(argv: list[str] | None = None) -> int:
   """The CLI: 0 when the checkpoint is written, 2 for a command that cannot run (one line)."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "orbax", "jax._src", "grain"):
-    logging.getLogger(noisy).setLevel(logging.ERROR)
   from jaxtrain import __main__ as cli, checkpoint, data  # pylint: disable=g-import-not-at-top
+  cli.setup_logging()
   from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
   try:
     args, overrides = cli.parse_tool_args(parser(), sys.argv[1:] if argv is None else list(argv))

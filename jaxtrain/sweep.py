@@ -864,9 +864,7 @@ def _wait_any(running: dict[int, Attempt], poll_s: float = 0.1) -> list[tuple[in
 
 def parser() -> argparse.ArgumentParser:
   """The sweep's own flags; `--config.` overrides and `--flagfile` are split off first, as the CLI does."""
-  p = cli._Parser(  # pylint: disable=protected-access  # the CLI's argparse: errors as one line (UsageError)
-      prog="python -m jaxtrain.sweep", usage=USAGE, description=__doc__, allow_abbrev=False,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.tool_parser("python -m jaxtrain.sweep", USAGE, __doc__)
   p.add_argument("--config", required=True, help="a config file, optionally with :arg for get_config(arg)")
   p.add_argument("--workdir", required=True, help="the sweep's directory: sweep.json, points/<name>/, results")
   p.add_argument("--grid", action="append", default=[], metavar="FIELD=VALUES",

@@ -16,7 +16,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import time
 import urllib.parse

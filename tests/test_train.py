@@ -220,13 +220,12 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_config_learns(tmp_path, data_dir):
-  c = cfg_lib.load("configs/default.py", [f"data.data_dir={data_dir}", "train.steps=120", "train.eval_every=60",
-                                          "train.checkpoint_every=120", "train.progress=log", "mesh.data=1"])
-  summary = train.train(c, str(tmp_path), devices=ONE)
-  evals = [r["eval_loss"] for r in read_metrics(str(tmp_path)) if "eval_loss" in r]
-  assert evals[0] > evals[-1]              # validation loss falls between step 60 and 120
-  assert summary["final_eval_loss"] < 0.6 * np.log(256)  # far below the uniform-guess loss
+def test_default_config_learns(tmp_path, data_dir, train_optimized):
+  rows = train_optimized("configs/default.py", [f"data.data_dir={data_dir}", "train.steps=120", "train.eval_every=60",
+                                                "train.checkpoint_every=120", "mesh.data=1"], tmp_path)
+  evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+  assert len(evals) == 2 and evals[0] > evals[1]  # validation loss falls between step 60 and 120
+  assert evals[-1] < 0.6 * np.log(256)            # far below the uniform-guess loss
 
 
 def test_metrics_survive_a_line_cut_short_by_a_kill(tmp_path):
