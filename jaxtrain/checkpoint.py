@@ -193,6 +193,17 @@ class Checkpointer:
     self.manager.close()
 
 
+def checkpoint_steps(directory) -> list[int]:
+  """The steps in a checkpoints directory (local or gs://), by name only (no Orbax: nothing is created or cleaned
+  up). In a bucket a step is written in place and marked complete by Orbax's commit_success.txt: only those count."""
+  directory = paths.resolve(directory)
+  if not directory.is_dir():
+    return []
+  remote = paths.is_remote(directory)
+  return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit() and d.is_dir()
+                and (not remote or (d / "commit_success.txt").exists()))
+
+
 def is_damage(error: BaseException) -> bool:
   """Whether a read error means the files are damaged (missing, empty, undecodable), not a passing failure."""
   if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError,

@@ -178,6 +178,18 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
   return config
 
 
+
+def from_json(saved: dict) -> ml_collections.ConfigDict:
+  """A config as a run stores it (config.json, a checkpoint's config item) -> a ConfigDict; fields a newer
+  jaxtrain added come from base()."""
+  def fill(defaults: dict, given: dict) -> dict:
+    out = dict(defaults)
+    for k, v in given.items():
+      out[k] = fill(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+    return out
+  return ml_collections.ConfigDict(fill(base().to_dict(), saved))
+
+
 def _flat_keys(c, prefix=""):
   keys = []
   for k, v in c.items():

@@ -222,17 +222,6 @@ def check_reaches(grown, target, ops: list[str]) -> None:
 # ---------------------------------------------------------------- the source run
 
 
-def checkpoint_steps(directory) -> list[int]:
-  """The steps in a checkpoints directory (local or gs://), by name only (no Orbax: nothing is created or cleaned
-  up). In a bucket a step is written in place and marked complete by Orbax's commit_success.txt: only those count."""
-  directory = paths.resolve(directory)
-  if not directory.is_dir():
-    return []
-  remote = paths.is_remote(directory)
-  return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit() and d.is_dir()
-                and (not remote or (d / "commit_success.txt").exists()))
-
-
 def load_source_config(source: str):
   """The source run's config (its config.json; sections a newer jaxtrain added filled from base())."""
   path = paths.resolve(source) / "config.json"
@@ -242,13 +231,7 @@ def load_source_config(source: str):
     raise ConfigError(f"--from={source}: no config.json there; name the workdir of a jaxtrain run") from None
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f"--from={source}: config.json is unreadable ({e})") from None
-  base = cfg_lib.base().to_dict()
-  for section, fields in base.items():
-    if isinstance(fields, dict):
-      saved[section] = {**fields, **saved.get(section, {})}
-    else:
-      saved.setdefault(section, fields)
-  return ml_collections.ConfigDict(saved)
+  return cfg_lib.from_json(saved)
 
 
 def _saved_data(directory: str, step: int) -> dict | None:
@@ -290,13 +273,13 @@ def grow(source: str, target_config, ops: list[str] | str, workdir: str, args: d
   if opt not in growth.POLICIES:
     raise ConfigError(f"--opt={opt!r} is not one of {growth.POLICIES}")
   out_ckpts = workdir / "checkpoints"
-  if checkpoint_steps(out_ckpts):  # (an interrupted save's temporary directory is no checkpoint: Orbax removes it)
-    raise ConfigError(f"--workdir={workdir} already holds checkpoints (steps {checkpoint_steps(out_ckpts)}); growth "
+  if steps := checkpoint.checkpoint_steps(out_ckpts):  # (an interrupted save's temporary directory is none)
+    raise ConfigError(f"--workdir={workdir} already holds checkpoints (steps {steps}); growth "
                       "never overwrites a run: use a new --workdir")
   if not source.is_dir():
     raise ConfigError(f"--from={source} does not exist; name the workdir of a trained jaxtrain run")
   src_ckpts = source / "checkpoints"
-  src_steps = checkpoint_steps(src_ckpts)
+  src_steps = checkpoint.checkpoint_steps(src_ckpts)
   if not src_steps:
     raise ConfigError(f"--from={source} has no checkpoints (in {src_ckpts}); train it first, or name another run")
   src_config = load_source_config(source)

@@ -139,14 +139,13 @@ def import_hf(source: str, config, workdir: str, overrides: list[str] | tuple[st
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtrain import checkpoint, data, model, paths, sharding, train  # pylint: disable=g-import-not-at-top
-  from jaxtrain import grow  # pylint: disable=g-import-not-at-top  # (checkpoint_steps: names only, no Orbax)
 
   ##################################################################### Check everything cheap first
   source = os.path.abspath(os.path.expanduser(source))
   workdir = paths.resolve(workdir)  # local or gs://
   out_ckpts = workdir / "checkpoints"
-  if grow.checkpoint_steps(out_ckpts):
-    raise ConfigError(f"--workdir={workdir} already holds checkpoints (steps {grow.checkpoint_steps(out_ckpts)}); "
+  if steps := checkpoint.checkpoint_steps(out_ckpts):
+    raise ConfigError(f"--workdir={workdir} already holds checkpoints (steps {steps}); "
                       "import never overwrites a run: use a new --workdir")
   hf_config, tensors = read_pretrained(source)
   fields = hf.model_fields(hf_config)

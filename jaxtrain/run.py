@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxtrain import checkpoint
 from jaxtrain import config as cfg_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import model as model_lib
@@ -80,7 +81,7 @@ class Run:
     directory = self.path / "checkpoints"
     if not directory.exists():
       return []
-    return sorted(ocp.path.step.checkpoint_steps(directory))
+    return checkpoint.checkpoint_steps(directory)
 
   @property
   def metrics(self):
@@ -108,7 +109,7 @@ class Run:
       saved = ocp.JsonCheckpointHandler().restore(item)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f"load_run: checkpoint step {step} in {self.workdir} has no readable config ({e})") from e
-    return config_from_json(saved)
+    return cfg_lib.from_json(saved)
 
   def model(self, step: int | None = None, *, device: jax.Device | None = None) -> Model:
     """The parameters of checkpoint `step` (default: the latest) on `device` (default: the first), as a `Model`.
@@ -197,16 +198,6 @@ def _forward(graphdef, params, tokens_BT):
 
 
 # ---------------------------------------------------------------- reading a checkpoint
-
-
-def config_from_json(saved: dict) -> ml_collections.ConfigDict:
-  """A config as a checkpoint stores it (JSON) -> a ConfigDict; fields a newer jaxtrain added come from base()."""
-  def fill(defaults: dict, given: dict) -> dict:
-    out = dict(defaults)
-    for k, v in given.items():
-      out[k] = fill(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
-    return out
-  return ml_collections.ConfigDict(fill(cfg_lib.base().to_dict(), saved))
 
 
 def restore_params(state_dir: epath.Path, abstract=None, *, where: str = ""):

@@ -859,6 +859,19 @@ def _wait_any(running: dict[int, Attempt], poll_s: float = 0.1) -> list[tuple[in
     time.sleep(poll_s)
 
 
+def write_summary(path: str, meta: dict, measurements, *, report_only: bool = False) -> None:
+  """A study's summary.json: {"meta", "measurements"}. A report rebuilt without training (`report_only`) keeps the
+  date, wall time, parallelism and load the training invocation recorded (or says the load was not recorded)."""
+  if report_only and os.path.isfile(path):
+    with open(path) as fh:
+      saved = json.load(fh)["meta"]
+    meta.update({k: saved[k] for k in ("date", "wall_min", "parallel", "load") if k in saved})
+  elif report_only:
+    meta["load"] = "not recorded (report rebuilt with --report-only)"
+  with open(path, "w") as fh:
+    json.dump({"meta": meta, "measurements": measurements}, fh, indent=1)
+
+
 # ---------------------------------------------------------------- command line
 
 

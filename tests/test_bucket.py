@@ -24,7 +24,7 @@ import urllib.request
 import jax
 import pytest
 
-from jaxtrain import checkpoint, grow, paths, sharding, train
+from jaxtrain import checkpoint, paths, sharding, train
 from jaxtrain.config import ConfigError
 from jaxtrain.data import sources
 from test_train import _cli, _config_file, losses_by_step
@@ -165,7 +165,7 @@ def test_a_bucket_workdir_is_written_killed_and_resumed_exactly(gcs, tmp_path, t
   # The resumed process's event file (the killed one's records were still buffered, as they would be on a disk).
   assert any(n.startswith("runs/killed/tensorboard/events.out.tfevents.") for n in names)
   assert _committed_steps(gcs, "killed")[-1] == steps
-  assert grow.checkpoint_steps(f"{killed}/checkpoints") == _committed_steps(gcs, "killed")  # the grow tool's listing
+  assert checkpoint.checkpoint_steps(f"{killed}/checkpoints") == _committed_steps(gcs, "killed")  # the tools' listing
   with checkpoint.Checkpointer(f"{killed}/checkpoints", read_only=True) as ckpt:  # as a notebook opens a run
     assert ckpt.steps() == _committed_steps(gcs, "killed")
 

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from jaxtrain import growth  # noqa: E402
+from jaxtrain import growth, sweep  # noqa: E402
 from jaxtrain import plots as jplots  # noqa: E402
 from jaxtrain.metrics import read_metrics  # noqa: E402
 
@@ -569,14 +569,7 @@ def main():
             "parallel": args.parallel, "load": load_state(load0, os.getloadavg()[0]),
             "wall_min": (time.time() - t0) / 60, "span": span(m["runs"]),
             "target_params": f"{model_lib.count_params(model_lib.abstract(c.model)[1]) / 1e6:.2f}M"}
-    if args.report_only and os.path.isfile(summary_path):  # keep what the training invocation recorded
-      with open(summary_path) as fh:
-        saved = json.load(fh)["meta"]
-      meta.update({k: saved[k] for k in ("date", "parallel", "load", "wall_min") if k in saved})
-    elif args.report_only:
-      meta["load"] = "not recorded (report rebuilt with --report-only)"
-    with open(summary_path, "w") as fh:
-      json.dump({"meta": meta, "measurements": m}, fh, indent=1)
+    sweep.write_summary(summary_path, meta, m, report_only=args.report_only)
   try:
     plots(m, args.out)
   except ImportError:

@@ -601,13 +601,13 @@ def main():
   s = SIZES[args.size]
   t0, load0 = time.time(), os.getloadavg()
   summary_path = os.path.join(args.out, "summary.json")
+  from jaxtrain import sweep  # pylint: disable=import-outside-toplevel
   if args.report_only and not os.path.isdir(args.runs):
     with open(summary_path) as fh:
       saved = json.load(fh)
     m, meta = saved["measurements"], saved["meta"]
   else:
     if args.report_only:
-      from jaxtrain import sweep  # pylint: disable=import-outside-toplevel
       transfer = read_transfer(args)
       d = os.path.join(args.runs, "fp8")
       fp8 = read_fp8(d, s["fp8_width"]) if os.path.isdir(d) else {}
@@ -628,14 +628,7 @@ def main():
                       f"{c.train.global_batch}×{c.data.seq_len} tokens "
                       f"({c.train.steps * c.train.global_batch * c.data.seq_len / 1e3:.0f}k tokens), "
                       f"{c.model.compute_dtype}; validation loss on {c.train.eval_batches} batches")}
-    if args.report_only and os.path.isfile(summary_path):  # keep what the training invocation recorded
-      with open(summary_path) as fh:
-        saved = json.load(fh)["meta"]
-      meta.update({k: saved[k] for k in ("date", "wall_min", "parallel", "load") if k in saved})
-    elif args.report_only:
-      meta["load"] = "not recorded (report rebuilt with --report-only)"
-    with open(summary_path, "w") as fh:
-      json.dump({"meta": meta, "measurements": m}, fh, indent=1)
+    sweep.write_summary(summary_path, meta, m, report_only=args.report_only)
   plots(m, s, args.out)
   report(m, s, args, meta)
   print(f"report: {os.path.join(args.out, 'report.md')} ({(time.time() - t0) / 60:.1f} min)")
