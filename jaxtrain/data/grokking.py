@@ -21,12 +21,9 @@ loader returns whole splits as numpy arrays: the training is full-batch.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxtrain import paths
 from jaxtrain.data import builders, sources
 
 DEFAULT_DATA_DIR = "~/.cache/jaxtrain/tensorflow_datasets"
@@ -145,8 +142,7 @@ class SparseParity(_Local, skip_registration=True):
 def prepared(cls, config, data_dir: str = DEFAULT_DATA_DIR):
   """The builder `cls(config)` in `data_dir`, prepared on first use (see `builders.prepare_locked`); for a bucket
   data_dir, in its local mirror (the tasks are generated, so each host makes its own)."""
-  ddir = data_dir.rstrip("/") if paths.is_remote(data_dir) else os.path.expanduser(data_dir)
-  return builders.prepare_locked(cls, config, sources.local_dir(ddir))
+  return builders.prepare_locked(cls, config, sources.local_dir(sources.expand(data_dir)))
 
 
 def _read(builder, split: str) -> dict[str, np.ndarray]:

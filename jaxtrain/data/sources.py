@@ -30,7 +30,11 @@ BUCKET_CACHE = "~/.cache/jaxtrain/buckets"  # the default root of local mirrors 
 
 def data_dir(data_cfg) -> str:
   """`data.data_dir` as given: a local path (expanded) or a URL."""
-  ddir = data_cfg.get("data_dir", "~/.cache/jaxtrain/tensorflow_datasets")
+  return expand(data_cfg.get("data_dir", "~/.cache/jaxtrain/tensorflow_datasets"))
+
+
+def expand(ddir: str) -> str:
+  """A data dir as jaxtrain names it: a local path with ~ expanded, a URL without a trailing slash."""
   return ddir.rstrip("/") if paths.is_remote(ddir) else os.path.expanduser(ddir)
 
 
