@@ -1,6 +1,7 @@
 # Two commands from a fresh clone:
 #   make train   set up .venv and train the default config on the embedded corpus
 #   make test    set up .venv and run the whole test suite (what CI runs)
+#   make test-fast  the tests worth running on every edit (no multi-process, no long training; docs/testing.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ WORKDIR ?= runs/default
 TPU_AOT := $(VENV)/tpu-aot
 GPU_AOT := $(VENV)/gpu-aot
 
-.PHONY: setup train test aot bench clean
+.PHONY: setup train test test-fast aot bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,10 @@ aot: $(TPU_AOT)/.installed $(GPU_AOT)/.installed
 test: setup aot
 	JAXTRAIN_TPU_AOT=$(abspath $(TPU_AOT)) JAXTRAIN_GPU_AOT=$(abspath $(GPU_AOT)) \
 	  $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 --nbmake notebooks tests
+
+# Without the ahead-of-time compilers, the notebooks and everything tests/conftest.py marks slow.
+test-fast: setup
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" --durations=10 tests
 
 bench: setup
 	$(PY) benchmarks/throughput.py

@@ -86,11 +86,11 @@ def matmul_ceiling(dtype, n: int, fp8: bool, repeats: int = 5) -> float:
 def time_variant(args, variant: str, d: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxtrain import config as cfg_lib, flops, model, sharding  # pylint: disable=g-import-not-at-top
+  from jaxtrain import flops, model, preflight, sharding  # pylint: disable=g-import-not-at-top
   train = import_train()
   config = make_config(args, variant, d)
   m, t = config.model, config.train
-  mesh = sharding.make_mesh(cfg_lib.validate(config, jax.device_count(), platform=jax.devices()[0].platform))
+  mesh = sharding.make_mesh(preflight.validate(config, jax.device_count(), platform=jax.devices()[0].platform))
   prog = train.build(config, mesh)
   batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
   rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                       # the issue's benchmark config
     python benchmarks/throughput.py --dtype bfloat16 --batch 32 --json out.json
     python benchmarks/throughput.py --size 1b             # on one GPU: LLaMA-style ~1B, bf16, seq 2048
+    python benchmarks/throughput.py --compare-torch       # CPU: against PyTorch eager and torch.compile, same run
 
 `--size` sets a single-GPU preset (SIZES: 125m, 350m, 1b at seq 2048, a 32000-token vocabulary, bfloat16
 compute, `model.attention=auto`, i.e. cuDNN's fused kernel on a GPU); flags given after it still apply.
@@ -19,6 +20,12 @@ machine that was briefly busy does not lower the ceiling (and flatter the ratio)
 
 No dataset is read: the batch is uniform random tokens, so this runs on a machine
 without grain or tensorflow-datasets. See benchmarks/README.md for results.
+
+`--compare-torch` runs this benchmark and benchmarks/torch_reference.py (the same model in PyTorch) in eager
+and torch.compile modes, each in a process of its own, one after another, for `--rounds` rounds in a rotated
+order (a slow minute then hits every contender alike), and prints one table: tokens/s of each, the ratios, and
+the matmul ceilings of XLA and of torch.mm measured inside each run. It also checks that both models have the
+same parameter count and a loss at init near ln V.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -59,6 +68,9 @@ def parse_args(argv=None):
   p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
                  help="square matmul sizes n for the ceiling; the best rate is the ceiling")
   p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="run this and benchmarks/torch_reference.py (eager, compile) in turn; one table (float32 only)")
+  p.add_argument("--rounds", type=int, default=3, help="--compare-torch: rounds of the three runs")
   args = p.parse_args(argv)
   if args.size:  # the preset's values where the flag was left at its default
     d, layers, heads, batch = SIZES[args.size]
@@ -102,6 +114,8 @@ def mib(n):
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if args.compare_torch:
+    return compare_torch(args)
   from jaxtrain import malloc  # pylint: disable=g-import-not-at-top
   # As `python -m jaxtrain` does, before JAX starts; from the command line only, since it may restart the process.
   malloc_tuned = malloc.tune_process() if argv is None else "default"
@@ -109,12 +123,12 @@ def main(argv=None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from jaxtrain import config as cfg_lib, flops, model, sharding  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as cfg_lib, flops, model, preflight, sharding  # pylint: disable=g-import-not-at-top
   train = import_train()
 
   config = make_config(args)
   m, t = config.model, config.train
-  mesh_shape = cfg_lib.validate(config, jax.device_count())
+  mesh_shape = preflight.validate(config, jax.device_count())
   dev = jax.devices()[0]
   machine = {
       "platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
@@ -169,9 +183,11 @@ def main(argv=None) -> dict:
   # A shared or throttled machine changes speed from minute to minute; the paired ratio
   # compares a step with the ceiling measured under the same conditions.
   pair_n = max(before, key=before.get)
+  init_loss = None
   for i in range(args.warmup):
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready((state, metrics))
+    init_loss = float(metrics["loss"]) if i == 0 else init_loss  # the loss of the parameters at init
   times, paired = [], []
   for i in range(args.steps):
     s = time.perf_counter()
@@ -194,7 +210,7 @@ def main(argv=None) -> dict:
       "config": {"d_model": m.d_model, "layers": m.num_layers, "heads": m.num_heads, "mlp_dim": F,
                  "seq": config.data.seq_len, "batch": t.global_batch, "vocab": m.vocab_size,
                  "dtype": m.compute_dtype, "remat": m.remat, "scan": m.scan_layers, "params": n_params},
-      "steps": args.steps, "warmup": args.warmup, "final_loss": loss,
+      "steps": args.steps, "warmup": args.warmup, "init_loss": init_loss, "final_loss": loss,
       "step_time_median_s": med, "step_time_best_s": best,
       "tokens_per_s_median": tokens / med, "tokens_per_s_best": tokens / best,
       "model_flops_per_step": step_flops,
@@ -205,6 +221,7 @@ def main(argv=None) -> dict:
       "ratio_paired_median": statistics.median(step_flops / t / c for t, c in zip(times, paired)),
       "paired_ceiling_n": pair_n, "paired_ceiling_median_flops_per_s": statistics.median(paired),
       "compile_s": t2 - t0, "lower_s": t1 - t0, "xla_compile_s": t2 - t1, "memory_bytes": memory,
+      "step_times_s": times,
   }
   if table_peak and math.isfinite(table_peak):  # nan: an accelerator the table lacks
     res.update(table_peak_flops_per_s=table_peak, table_peak_source=table_src, mfu_median=step_flops / med / table_peak)
@@ -222,6 +239,78 @@ def main(argv=None) -> dict:
         f"after it; those matmuls: median {res['paired_ceiling_median_flops_per_s'] / 1e9:.1f} GFLOP/s)")
   if "mfu_median" in res:
     print(f"MFU:      {res['mfu_median']:.1%} of {table_peak / 1e12:.0f} TFLOP/s ({table_src})")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(res, f, indent=2)
+    print(f"wrote {args.json}")
+  return res
+
+
+CONTENDERS = ("jaxtrain", "torch eager", "torch compile")
+
+
+def compare_torch(args) -> dict:
+  """jaxtrain against PyTorch eager and torch.compile: each run in its own process, rounds in rotated order."""
+  if args.dtype != "float32" or args.size:
+    raise SystemExit("throughput.py: error: --compare-torch compares the float32 CPU benchmark; drop --dtype/--size")
+  here = os.path.dirname(os.path.abspath(__file__))
+  sizes = [f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "d_model", "layers", "heads", "seq", "batch",
+                                                 "vocab", "ceiling_sizes")]
+  commands = {
+      "jaxtrain": [sys.executable, os.path.join(here, "throughput.py"), *sizes, f"--remat={args.remat}",
+                   f"--attention={args.attention}", "--scan" if args.scan else "--no-scan"],
+      "torch eager": [sys.executable, os.path.join(here, "torch_reference.py"), *sizes, "--mode=eager"],
+      "torch compile": [sys.executable, os.path.join(here, "torch_reference.py"), *sizes, "--mode=compile"],
+  }
+  runs = {k: [] for k in CONTENDERS}
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(args.rounds):
+      for name in CONTENDERS[r % 3:] + CONTENDERS[:r % 3]:  # rotated: nobody always runs first or last
+        path = os.path.join(tmp, f"{r}-{name.replace(' ', '_')}.json")
+        print(f"round {r + 1}/{args.rounds}: {name} ...", flush=True)
+        out = subprocess.run(commands[name] + [f"--json={path}"], capture_output=True, text=True)
+        if out.returncode:
+          sys.stderr.write(out.stdout + out.stderr)
+          raise SystemExit(f"throughput.py: error: the {name} run failed (exit {out.returncode})")
+        with open(path) as f:
+          res = json.load(f)
+        runs[name].append(res)
+        print(f"  median {res['step_time_median_s'] * 1e3:.1f} ms/step, {res['tokens_per_s_median']:,.0f} tokens/s; "
+              f"matmul ceiling {res['ceiling_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+
+  jax_res, eager = runs["jaxtrain"][0], runs["torch eager"][0]
+  n_jax, n_torch = jax_res["config"]["params"], eager["config"]["params"]
+  step_flops = jax_res["model_flops_per_step"]
+  print(f"\nmodel:    {n_jax:,} parameters in jaxtrain, {n_torch:,} in PyTorch"
+        + (" (equal)" if n_jax == n_torch else "  <-- DIFFERENT MODELS"))
+  loss = lambda x: "-" if x is None else f"{x:.4f}"  # jaxtrain's is the first warmup step's
+  print(f"init:     loss {loss(jax_res['init_loss'])} (jaxtrain), {loss(eager['init_loss'])} (PyTorch); "
+        f"ln V = {math.log(args.vocab):.4f}")
+  print(f"machine:  {jax_res['machine']['cpu_count']} CPUs, jax {jax_res['machine']['jax']}, "
+        f"torch {eager['machine']['torch']}; {args.rounds} rounds x {args.steps} steps")
+  print("\n| run | step median (best of rounds) | tokens/s median (range) | model GFLOP/s | "
+        "matmul ceiling in its runs | of the ceiling |")
+  print("|---|---|---|---|---|---|")
+  summary = {}
+  for name in CONTENDERS:
+    rs = runs[name]
+    tps = [r["tokens_per_s_median"] for r in rs]
+    med = statistics.median(r["step_time_median_s"] for r in rs)
+    ceil = statistics.median(r["ceiling_flops_per_s"] for r in rs)
+    lib = "XLA" if name == "jaxtrain" else "torch.mm"
+    summary[name] = {"tokens_per_s_median": statistics.median(tps), "tokens_per_s_by_round": tps,
+                     "step_time_median_s": med, "ceiling_flops_per_s": ceil, "ceiling_library": lib}
+    print(f"| {name} | {med * 1e3:.1f} ms ({min(r['step_time_best_s'] for r in rs) * 1e3:.1f}) | "
+          f"{statistics.median(tps):,.0f} ({min(tps):,.0f}-{max(tps):,.0f}) | {step_flops / med / 1e9:.1f} | "
+          f"{ceil / 1e9:.1f} ({lib}) | {step_flops / med / ceil:.1%} |")
+  ratios = {}
+  for other in CONTENDERS[1:]:  # per round (the runs of one round are minutes apart), then the median
+    per_round = [j["tokens_per_s_median"] / o["tokens_per_s_median"] for j, o in zip(runs["jaxtrain"], runs[other])]
+    ratios[other] = {"median": statistics.median(per_round), "by_round": per_round}
+    print(f"\njaxtrain / {other}: {statistics.median(per_round):.2f}x tokens/s (rounds: "
+          + ", ".join(f"{x:.2f}" for x in per_round) + ")", end="")
+  print()
+  res = {"params": {"jaxtrain": n_jax, "torch": n_torch}, "summary": summary, "ratios": ratios, "runs": runs}
   if args.json:
     with open(args.json, "w") as f:
       json.dump(res, f, indent=2)

@@ -9,7 +9,7 @@ StableMax (Prieto et al., "Grokking at the Edge of Numerical Stability", 2025)
 replaces exp with s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0, so the
 normalizer grows polynomially and the loss cannot reach Softmax Collapse; the
 metrics `sc_fraction`, `zero_loss_fraction` and `grad_weight_cos` in
-metrics.jsonl show whether a run is heading there. Compare a run of
+metrics.jsonl (every step here: train.collapse_metrics) show whether a run is heading there. Compare a run of
 configs/default.py (softmax) on the same data: see README.md, "StableMax and ⊥Grad".
 """
 
@@ -23,6 +23,7 @@ VARIANTS = ("float64", "orthograd")
 def get_config(arg=None):
   c = cfg_lib.load(os.path.join(os.path.dirname(__file__), "default.py"))
   c.model.output = "stablemax"
+  c.train.collapse_metrics = True  # the collapse metrics on every step, not only on the diagnostics step
   for variant in filter(None, (arg or "").split(",")):
     if variant not in VARIANTS:
       raise cfg_lib.ConfigError(f"unknown variant {variant!r} of lm_stablemax.py; use a comma list of {VARIANTS}")

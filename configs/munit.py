@@ -3,9 +3,9 @@
   python -m jaxtrain --config=configs/munit.py --workdir=runs/mus              # μS, static FP8 (E4M3 / E5M2)
   python -m jaxtrain --config=configs/munit.py:bf16 --workdir=runs/mus_bf16     # the same model without FP8
 
-The recipe (Narayan et al. 2025; shared/research/munit_fp8.md §0): unit-variance init, static 1/√fan_in
-multipliers, Res-Post-LayerNorm with τ = 0.4 (the paper's value for 4 layers), GELU, untied head, Lion with
-fully decoupled weight decay and per-group learning rates (hidden η·√(d_base/fan_in)), cosine to 10%.
+The recipe (Narayan et al., ICML 2025, arXiv 2502.05967, Table 2, §3.1, A.4): unit-variance init, static
+1/√fan_in multipliers, Res-Post-LayerNorm with τ = 0.4 (the paper's value for 4 layers), GELU, untied head, Lion
+with fully decoupled weight decay and per-group learning rates (hidden η·√(d_base/fan_in)), cosine to 10%.
 
 Without FP8 the model computes in `model.compute_dtype`, float32 here as in every CPU config (XLA:CPU has no fast
 bfloat16 matmul, and FP8 is emulated in float32 on CPU anyway); on a GPU add

@@ -6,7 +6,8 @@ In a notebook (README "In a notebook"): `import jaxtrain as jt; run = jt.load_ru
 
 Modules:
 
-  jaxtrain.config       the config schema (`base()`), `load()`, `validate()`
+  jaxtrain.config       the config schema (`base()`), `load()`, `check()`
+  jaxtrain.preflight    `validate(config, num_devices, ...)`: every check before compiling
   jaxtrain.train        `build(config, mesh)` -> a `Program` of jitted steps; `train(config, workdir)`
   jaxtrain.model        the decoder-only transformer (Flax NNX, used functionally)
   jaxtrain.placement    where the norm goes: Pre/Post/Mix/Peri-LN, LayerNorm Scaling
@@ -20,6 +21,7 @@ Modules:
   jaxtrain.diagnostics  per-layer and checkpoint diagnostics
   jaxtrain.grokking     the grokking tasks' models and full-batch trainer
   jaxtrain.data         TFDS builders, the token cache and host-count-independent batches
+  jaxtrain.growth       growth operators in depth and width, growth events mid-run (`python -m jaxtrain.grow`: offline)
   jaxtrain.metrics      `read_metrics(workdir)`
   jaxtrain.run          `load_run(workdir)` -> a `Run`: config, metrics, checkpoints, `model(step)`, `generate`
   jaxtrain.sample       sampling: temperature, top-k, greedy

@@ -134,7 +134,7 @@ def helpfull(config=None, spec: str | None = None) -> str:
   """Every config field: its type, its default in `base()`, the value in `config` (when given) and what it means."""
   from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
   schema, comments = cfg_lib.base(), schema_fields()
-  keys = cfg_lib._flat_keys(schema)  # pylint: disable=protected-access
+  keys = cfg_lib.flat_keys(schema)
   keys = [k for k in comments if k in keys] + [k for k in keys if k not in comments]
   rows = [("field", "type", "default") + ((f"in {spec}",) if config is not None else ()) + ("",)]
   for key in keys:

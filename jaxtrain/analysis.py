@@ -16,8 +16,9 @@ The functions, with where their definitions come from:
   loss                mean token cross-entropy
   residual_states     the residual stream entering each layer and after the last, [L+1, B, T, D]
   angular_distances   arccos(cos(x^ℓ, x^{ℓ+n}))/π between layers ℓ and ℓ+n (Gromov et al. 2024, "The
-                      Unreasonable Ineffectiveness of the Deeper Layers"), `jaxtrain.diagnostics`
-  skip_drop           ΔL(ℓ): the loss with layer ℓ replaced by the identity, minus the full model's (ibid.)
+                      Unreasonable Ineffectiveness of the Deeper Layers"; used by Mix-LN and "The Curse of Depth")
+  skip_drop           ΔL(ℓ): the loss with layer ℓ replaced by the identity, minus the full model's (ibid., their
+                      "performance drop" in validation-loss form)
   logit_lens          the final norm and LM head applied to each layer's residual stream: loss per depth
                       (nostalgebraist 2020, "interpreting GPT: the logit lens")
   layer_stats         per-layer residual RMS, variance, max |activation| (massive activations), the block's update
@@ -28,7 +29,15 @@ The functions, with where their definitions come from:
   generate            text sampled from the model (`jaxtrain.sample.generate_text`)
 
 The residual streams are taken before the final norm (`Transformer.hidden`), so the last layer's are the model's
-own: `logit_lens(model, batch)["loss"][-1] == loss(model, batch)`.
+own: `logit_lens(model, batch)["loss"][-1] == loss(model, batch)` (and the last layer's distance does not mix in the
+final norm, a pitfall of the HF-based originals).
+
+Beneath them, on a graph definition, parameters and batches (what a study script or a test holds without a run):
+  eval_loss           mean token cross-entropy over batches, optionally with layers skipped
+  layer_skip_drops    (the full model's loss, ΔL per layer)
+  stream_states       the residual streams, [L+1, B, T, D]
+  stream_distances    A[n-1, ℓ] from stream_states' output
+  angular_distance    arccos(cos(a, b)) / π over the last axis
 """
 
 from __future__ import annotations
@@ -44,12 +53,12 @@ from jaxtrain import collapse, diagnostics, losses
 from jaxtrain.sample import generate_text as generate  # sampling, gathered here for notebooks
 
 __all__ = ["loss", "residual_states", "angular_distances", "skip_drop", "logit_lens", "layer_stats", "collapse_stats",
-           "generate"]
+           "generate", "eval_loss", "layer_skip_drops", "stream_states", "stream_distances", "angular_distance"]
 
 
 def loss(model, batch) -> float:
   """Mean token cross-entropy of `model` on `batch` (the run's output activation and loss precision)."""
-  return diagnostics.eval_loss(model.graphdef, model.params, [_batch(model, batch)], **_loss_kw(model))
+  return eval_loss(model.graphdef, model.params, [_batch(model, batch)], **_loss_kw(model))
 
 
 def residual_states(model, batch) -> np.ndarray:
@@ -63,13 +72,13 @@ def angular_distances(model, batch, *, last_token: bool = True) -> np.ndarray:
   `last_token`: at the last position only (as Gromov et al.), else averaged over all positions.
   """
   states = _states(model.graphdef, model.params, _batch(model, batch)["inputs"])
-  return diagnostics.angular_distances(states, last_token=last_token)
+  return stream_distances(states, last_token=last_token)
 
 
 def skip_drop(model, batch) -> np.ndarray:
   """ΔL[ℓ] = loss with layer ℓ replaced by the identity − the full model's loss, for each of the L layers."""
-  _, drops = diagnostics.skip_drop(model.graphdef, model.params, [_batch(model, batch)],
-                                   int(model.config.model.num_layers), **_loss_kw(model))
+  _, drops = layer_skip_drops(model.graphdef, model.params, [_batch(model, batch)],
+                              int(model.config.model.num_layers), **_loss_kw(model))
   return drops
 
 
@@ -115,7 +124,7 @@ def collapse_stats(model, batch, *, gradient: bool = False) -> dict[str, float]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _states(graphdef, params, inputs_BT):
-  return diagnostics.residual_states(graphdef, params, inputs_BT)
+  return stream_states(graphdef, params, inputs_BT)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("output", "dtype"))
@@ -154,6 +163,71 @@ def _collapse(graphdef, params, inputs_BT, targets_BT, *, output, dtype, gradien
     _, aux = loss_fn(params)
   out["param_norm"], _ = collapse.weight_norms(params)
   return out | {k: aux[k] for k in ("ce", "accuracy", "log_z", "sc_fraction", "zero_loss_fraction")}
+
+
+# ---------------------------------------------------------------- on a graph definition, parameters and batches
+
+
+def stream_states(graphdef, params, tokens_BT) -> jax.Array:
+  """The residual stream entering each layer, and after the last one: [L+1, B, T, D] (float32)."""
+  _, stats = nnx.merge(graphdef, params).hidden(tokens_BT, collect=True, keep_states=True)
+  return stats["states"].astype(jnp.float32)
+
+
+@jax.jit  # one fused program per shape: eagerly, each of its small ops would compile on its own
+def angular_distance(a, b, eps: float = 1e-12):
+  """arccos(cos(a, b)) / π over the last axis, in [0, 1]; 0.5 where a vector is zero (as the papers' code)."""
+  dot = jnp.sum(a * b, -1)
+  norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+  cos = jnp.where(norms > eps, dot / jnp.maximum(norms, eps), 0.0)
+  return jnp.arccos(jnp.clip(cos, -1.0, 1.0)) / jnp.pi
+
+
+def stream_distances(states_LBTD, *, last_token: bool = True) -> np.ndarray:
+  """A[n-1, ℓ] = mean distance between the streams entering layers ℓ and ℓ+n, for n = 1..L.
+
+  `states_LBTD` is `stream_states(...)` ([L+1, B, T, D]); entries with ℓ+n > L are NaN.
+  `last_token`: only the last position (as the papers), else the mean over all tokens.
+  """
+  s = states_LBTD[:, :, -1:] if last_token else states_LBTD
+  L = s.shape[0] - 1
+  out = np.full((L, L), np.nan)
+  for n in range(1, L + 1):
+    out[n - 1, : L + 1 - n] = np.asarray(jnp.mean(angular_distance(s[:-n], s[n:]), axis=(1, 2)))
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("output", "dtype"))
+def _loss_sums(graphdef, params, batch, skip, *, output, dtype):
+  module = nnx.merge(graphdef, params)
+  logits_BTV = module.logits(module.hidden(batch["inputs"], skip=skip))
+  _, aux = losses.cross_entropy(logits_BTV, batch["targets"], output=output, dtype=dtype)
+  return aux["ce_sum"], aux["tokens"]
+
+
+def eval_loss(graphdef, params, batches, skip=None, *, output="softmax", dtype="float32") -> float:
+  """Mean token cross-entropy over `batches`, optionally with layers skipped (bool[L]).
+
+  `output` and `dtype` are the loss's output activation and precision: pass the
+  run's `model.output` and `train.loss_dtype` to measure what it trained on.
+  """
+  if skip is None:
+    skip = np.zeros(jax.tree.leaves(params["blocks"])[0].shape[0], bool)
+  sums = [jax.device_get(_loss_sums(graphdef, params, b, np.asarray(skip), output=output, dtype=dtype))
+          for b in batches]
+  total = np.sum(sums, axis=0)
+  return float(total[0] / total[1])
+
+
+def layer_skip_drops(graphdef, params, batches, num_layers: int, **loss_kw) -> tuple[float, np.ndarray]:
+  """(full-model loss, ΔL[ℓ] = loss with layer ℓ skipped − full-model loss) over `batches`.
+
+  `loss_kw`: `output` and `dtype`, as in `eval_loss`.
+  """
+  base = eval_loss(graphdef, params, batches, **loss_kw)
+  drops = [eval_loss(graphdef, params, batches, skip=np.arange(num_layers) == l, **loss_kw) - base
+           for l in range(num_layers)]
+  return base, np.array(drops)
 
 
 # ---------------------------------------------------------------- batches

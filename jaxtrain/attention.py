@@ -23,10 +23,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtrain import config as cfg_lib
 from jaxtrain import sharding
 
 KINDS = ("auto", "blocked", "xla", "cudnn", "splash")
 SPLASH_BLOCK = 128  # splash's smallest tile along the sequence: T must be a multiple of it
+
+
+def check(config, target: cfg_lib.Target) -> None:
+  """What the configured kernel cannot run with on `target.platform` (None: not checked); one line each."""
+  m, platform, seq_len = config.model, target.platform, config.data.seq_len
+  cfg_lib.check_choices(config, {"model.attention": KINDS})
+  if m.attention == "cudnn" and m.compute_dtype == "float32":
+    raise cfg_lib.ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
+  if m.attention == "cudnn" and platform not in (None, "gpu"):
+    raise cfg_lib.ConfigError(
+        f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=auto")
+  if m.attention == "splash" and platform not in (None, "tpu"):
+    raise cfg_lib.ConfigError(f"model.attention=splash is a TPU kernel, not for {platform}; use model.attention=auto")
+  if m.attention == "splash" and seq_len % SPLASH_BLOCK:
+    raise cfg_lib.ConfigError(f"model.attention=splash needs data.seq_len divisible by {SPLASH_BLOCK} (its tile), "
+                              f"not {seq_len}; change data.seq_len or use model.attention=auto")
 
 
 def platform_of_trace() -> str:
@@ -54,7 +71,7 @@ def causal(q_BTHK, k_BTGK, v_BTGK, kind: str):
   """Causal softmax(q·kᵀ/√K)·v by kernel `kind` (not 'auto': see `kernel`) -> (out_BTHK, max logit or NaN)."""
   if kind == "blocked":
     return causal_attention(q_BTHK, k_BTGK, v_BTGK)
-  if kind == "splash" and q_BTHK.shape[1] % SPLASH_BLOCK == 0:  # an explicit splash is checked in config.validate
+  if kind == "splash" and q_BTHK.shape[1] % SPLASH_BLOCK == 0:  # an explicit splash is checked in `check`
     return splash(q_BTHK, k_BTGK, v_BTGK), jnp.float32(jnp.nan)
   if kind in ("xla", "cudnn", "splash"):
     out_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,

@@ -260,8 +260,10 @@ _ONLY_FOR = {"norm.mix_post_fraction": "mix", "norm.mix_post_layers": "mix", "no
 _RESOLVED = {"num_kv_heads": cfg_lib.num_kv_heads, "head_dim": cfg_lib.head_dim, "mlp_dim": cfg_lib.mlp_dim}
 
 
-def _semantics(model: dict) -> dict:
-  """{dotted field: value} of a model config (a dict, as saved in checkpoints) but MAY_CHANGE, sizes resolved."""
+def semantics(model: dict) -> dict:
+  """{dotted field: value} of a model config (a dict, as saved in checkpoints) but MAY_CHANGE, sizes resolved.
+
+  Two model configs with equal semantics are one model: a checkpoint of one restores into the other."""
   m = ml_collections.ConfigDict(model)
   placement = model.get("norm", {}).get("placement")
 
@@ -282,7 +284,7 @@ def _semantics(model: dict) -> dict:
 
 
 def _check_compatible(saved: dict, current: dict, saved_model: dict, model: dict, directory: str) -> None:
-  saved_sem, sem = _semantics(saved_model), _semantics(model)
+  saved_sem, sem = semantics(saved_model), semantics(model)
   model_diff = [f"model.{k}: checkpoint {v!r} vs config {sem[k]!r}"  # a field absent on one side: older or newer code
                 for k, v in saved_sem.items() if k in sem and sem[k] != v]
   if saved == current and not model_diff:

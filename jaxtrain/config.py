@@ -1,4 +1,4 @@
-"""Configs: one schema of defaults, config files as variations of it, checks before compiling.
+"""Configs: one schema of defaults, config files as variations of it, generic checks.
 
 A config file is a Python file with `get_config(arg=None)` returning `base()` with
 some fields changed (the big_vision convention). On the command line
@@ -9,6 +9,10 @@ must have exactly the schema's keys, so a typo is an error naming the nearest ke
 Batch size has one meaning everywhere: `train.global_batch` is the number of
 sequences (each `data.seq_len` tokens) that one optimizer step sees, summed over
 all devices, hosts and microbatches.
+
+`check` holds the schema's generic rules; each feature checks its own fields beside
+its code, and `jaxtrain.preflight.validate` runs them all. This module imports none
+of jaxtrain's others: it is the bottom layer.
 """
 
 from __future__ import annotations
@@ -16,22 +20,28 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
-import logging
 import math
 import os
+import typing
 
 import ml_collections
 from ml_collections import config_dict
 
-log = logging.getLogger(__name__)
-
 MESH_AXES = ("data", "fsdp", "tensor")
-PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")  # jaxtrain/placement.py
-OUTPUTS = ("softmax", "stablemax")                             # jaxtrain/losses.py
 
 
 class ConfigError(ValueError):
   """A config that cannot run, with a message that says why and what to change."""
+
+
+class Target(typing.NamedTuple):
+  """The hardware a config is checked against (`preflight.validate`); None: not checked."""
+  num_devices: int
+  vocab_size: int | None = None          # the tokenizer's vocabulary
+  platform: str | None = None            # 'cpu' | 'gpu' | 'tpu'
+  process_count: int = 1
+  local_devices: int | None = None       # this process's share of num_devices
+  compute_capability: str | None = None  # a GPU's, e.g. '9.0'
 
 
 def base() -> ml_collections.ConfigDict:
@@ -104,6 +114,8 @@ def base() -> ml_collections.ConfigDict:
       on_nonfinite="stop",     # stop | skip (skip the update, keep going)
       log_every=10,
       diagnostics_every=0,     # per-layer diagnostics every N steps (0: off; they cost a second compiled step)
+      collapse_metrics=False,  # Softmax Collapse metrics (sc_fraction, zero_loss_fraction, grad_weight_cos) every step
+                               # (False: only on the diagnostics step, train.diagnostics_every)
       eval_every=200,
       eval_batches=8,
       checkpoint_every=200,
@@ -134,7 +146,7 @@ def base() -> ml_collections.ConfigDict:
   # Sizes of the named mesh axes; one of them may be -1 (the remaining devices).
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
 
-  c.growth = dict(             # growing the model mid-run (jaxtrain/growth.py); model is the model before any event
+  c.growth = dict(             # growing the model mid-run (jaxtrain/growth/); model is the model before any event
       events=(),               # ({"step": 1500, "op": "stack", "g": 4}, ...): at the end of `step`, apply `op` with
                                # its arguments; an event may also set opt, lr, warmup_steps, peak_lr for itself
       opt="reset",             # reset (fresh moments, count 0: G_stack's code) | copy (old moments in place: MSG)
@@ -170,7 +182,7 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collectio
   for item in overrides:
     key, eq, value = item.partition("=")
     if not eq:  # a bare `--config.a.b` (absl's boolean flag form): true for a boolean field
-      if key in _flat_keys(config) and field_type(config, key) is not bool:
+      if key in flat_keys(config) and field_type(config, key) is not bool:
         raise ConfigError(f"--config.{key} has no value: write --config.{key}=VALUE or --config.{key} VALUE")
       value = "true"
     set_field(config, key, value)
@@ -190,11 +202,12 @@ def from_json(saved: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fill(base().to_dict(), saved))
 
 
-def _flat_keys(c, prefix=""):
+def flat_keys(c, prefix="") -> list[str]:
+  """The dotted keys of every leaf field of `c`, in order."""
   keys = []
   for k, v in c.items():
     if isinstance(v, (ml_collections.ConfigDict, dict)):
-      keys += _flat_keys(v, f"{prefix}{k}.")
+      keys += flat_keys(v, f"{prefix}{k}.")
     else:
       keys.append(f"{prefix}{k}")
   return keys
@@ -209,7 +222,7 @@ def unknown_key(key: str, valid: list[str], schema: str = "jaxtrain/config.py:ba
 
 def check_keys(config) -> None:
   """Every key of `config` must be a schema key and vice versa."""
-  valid, have = _flat_keys(base()), _flat_keys(config)
+  valid, have = flat_keys(base()), flat_keys(config)
   for key in have:
     if key not in valid:
       raise unknown_key(key, valid)
@@ -246,7 +259,7 @@ def _parse(raw: str, like, key: str):
 
 def set_field(config, key: str, raw: str) -> None:
   """Sets `config.<key>` from a command-line string; unknown keys name the nearest valid one."""
-  valid = _flat_keys(config)
+  valid = flat_keys(config)
   if key not in valid:
     raise unknown_key(key, valid)
   *parents, leaf = key.split(".")
@@ -288,6 +301,12 @@ def num_kv_heads(m) -> int:
   return m.num_heads if m.num_kv_heads is None else m.num_kv_heads
 
 
+def describe(m) -> str:
+  """The model's shape in one line, for logs."""
+  return (f"{m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads of {head_dim(m)}, "
+          f"mlp {mlp_dim(m)}")
+
+
 def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
   """Resolves the config's axis sizes (one may be -1) against the device count."""
   sizes = {a: mesh_cfg[a] for a in MESH_AXES}
@@ -308,84 +327,69 @@ def mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
   return sizes
 
 
-# ---------------------------------------------------------------- validation
+# ---------------------------------------------------------------- checks
+# The rules of the schema itself; each feature checks its own fields (`check(config, target)` in attention, fp8,
+# hosts, munit, optim, placement, stablemax, growth) and `jaxtrain.preflight.validate` runs them all.
 
-_CHOICES = {
-    "model.mlp": ("swiglu", "gelu"),
-    "model.norm.kind": ("rmsnorm", "layernorm"),
-    "model.norm.placement": PLACEMENTS,
-    "model.remat": ("none", "full", "dots"),
-    "model.attention": ("auto", "blocked", "xla", "cudnn", "splash"),
-    "model.output": OUTPUTS,
-    "model.parametrization": ("sp", "mus"),
-    "model.mus.attn_scale": ("inv_sqrt", "inv"),
-    "model.fp8": ("none", "static", "delayed"),
-    "train.loss_dtype": ("float32", "float64"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.compute_dtype": ("float32", "bfloat16", "float16"),
-    "optim.schedule": ("cosine", "wsd", "constant"),
-    "optim.name": ("adamw", "lion"),
-    "optim.lr_rule": ("none", "mus", "sp"),
-    "optim.weight_decay_mode": ("coupled", "independent"),
-    "train.on_nonfinite": ("stop", "skip"),
-    "train.progress": ("auto", "bar", "log"),
-    "growth.opt": ("reset", "copy"),
-    "growth.lr": ("restart_warmup", "continue", "rewind"),
-}
+MLPS = ("swiglu", "gelu")
+NORMS = ("rmsnorm", "layernorm")
+REMATS = ("none", "full", "dots")
+PARAM_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+ON_NONFINITE = ("stop", "skip")
+PROGRESS = ("auto", "bar", "log")
 
 
-def validate(config, num_devices: int, vocab_size: int | None = None, platform: str | None = None,
-             process_count: int = 1, local_devices: int | None = None,
-             compute_capability: str | None = None) -> dict[str, int]:
-  """Checks everything that can be checked before compiling; returns the mesh shape.
+def check_choices(config, choices: dict[str, tuple]) -> None:
+  """Each dotted key's value must be one of its choices."""
+  for key, allowed in choices.items():
+    value = get_field(config, key)
+    if value not in allowed:
+      raise ConfigError(f"{key}={value!r} is not one of {allowed}")
 
-  `platform` ('cpu', 'gpu', 'tpu'; None: not checked) rules out what the hardware cannot do.
-  `process_count` and `local_devices` (this process's share of the `num_devices`; None:
-  not checked) rule out host layouts that cannot run (`_validate_hosts`).
+
+def check_positive(values: dict) -> None:
+  for key, v in values.items():
+    if not v > 0:
+      raise ConfigError(f"{key}={v} must be positive")
+
+
+def check_non_negative(values: dict) -> None:
+  for key, v in values.items():
+    if not v >= 0:
+      raise ConfigError(f"{key}={v} must be >= 0 (0 turns it off where that applies)")
+
+
+def check_unit_interval(values: dict) -> None:
+  for key, v in values.items():
+    if not 0 <= v <= 1:
+      raise ConfigError(f"{key}={v} must be in [0, 1]")
+
+
+def check(config, target: Target) -> dict[str, int]:
+  """The schema's generic rules (choices, sizes, divisibility, lengths, vocabulary); returns the mesh shape.
 
   Raises ConfigError with a one-line message naming the problem and the fix.
   """
-  for key, choices in _CHOICES.items():
-    value = config
-    for part in key.split("."):
-      value = value[part]
-    if value not in choices:
-      raise ConfigError(f"{key}={value!r} is not one of {choices}")
-
+  check_choices(config, {"model.mlp": MLPS, "model.norm.kind": NORMS, "model.remat": REMATS,
+                         "model.param_dtype": PARAM_DTYPES, "model.compute_dtype": COMPUTE_DTYPES,
+                         "train.on_nonfinite": ON_NONFINITE, "train.progress": PROGRESS})
   m, t, d = config.model, config.train, config.data
-  mesh = mesh_shape(config.mesh, num_devices)
+  mesh = mesh_shape(config.mesh, target.num_devices)
   batch_shards = mesh["data"] * mesh["fsdp"]
-  _validate_hosts(mesh, num_devices, process_count, local_devices, platform)
-  o = config.optim
   positive = {"model.vocab_size": m.vocab_size, "model.d_model": m.d_model, "model.num_layers": m.num_layers,
               "model.num_heads": m.num_heads, "model.norm.eps": m.norm.eps, "model.rope_theta": m.rope_theta,
               "model.max_seq_len": m.max_seq_len, "train.steps": t.steps, "train.global_batch": t.global_batch,
               "data.seq_len": d.seq_len, "train.microbatches": t.microbatches, "train.log_every": t.log_every,
               "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches,
               "train.checkpoint_every": t.checkpoint_every, "train.keep_checkpoints": t.keep_checkpoints,
-              "train.stop_check_every": t.stop_check_every,
-              "optim.lr": o.lr}
+              "train.stop_check_every": t.stop_check_every}
   # Optional sizes (None: derived) are checked as set, after the sizes they are derived from.
   positive |= {f"model.{k}": m[k] for k in ("num_kv_heads", "head_dim", "mlp_dim") if m[k] is not None}
-  positive |= {"optim.eps": o.eps} if o.eps is not None else {}
-  for key, v in positive.items():
-    if not v > 0:
-      raise ConfigError(f"{key}={v} must be positive")
-  non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
-                  "optim.schedule_steps": o.schedule_steps,
-                  "optim.clip_norm": o.clip_norm, "train.z_loss": t.z_loss, "model.init_std": m.init_std,
-                  "train.diagnostics_every": t.diagnostics_every, "train.peak_flops": t.peak_flops,
-                  "data.num_workers": d.num_workers}
-  for key, v in non_negative.items():
-    if not v >= 0:
-      raise ConfigError(f"{key}={v} must be >= 0 (0 turns it off where that applies)")
-  for key, v in {"optim.b1": o.b1, "optim.b2": o.b2}.items():
-    if v is not None and not 0 <= v < 1:
-      raise ConfigError(f"{key}={v} must be in [0, 1)")
-  for key, v in {"optim.decay_fraction": o.decay_fraction, "optim.min_lr_ratio": o.min_lr_ratio,
-                 "model.norm.mix_post_fraction": m.norm.mix_post_fraction}.items():
-    if not 0 <= v <= 1:
-      raise ConfigError(f"{key}={v} must be in [0, 1]")
+  check_positive(positive)
+  check_non_negative({"train.z_loss": t.z_loss, "model.init_std": m.init_std,
+                      "train.diagnostics_every": t.diagnostics_every, "train.peak_flops": t.peak_flops,
+                      "data.num_workers": d.num_workers})
   if t.global_batch % t.microbatches:
     raise ConfigError(f"train.global_batch={t.global_batch} is not divisible by train.microbatches={t.microbatches}")
   micro = t.global_batch // t.microbatches
@@ -405,132 +409,16 @@ def validate(config, num_devices: int, vocab_size: int | None = None, platform: 
       raise ConfigError(f"{name}={n} is not divisible by the tensor axis (mesh.tensor={mesh['tensor']})")
   if d.seq_len > m.max_seq_len:
     raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
-  if vocab_size is not None and vocab_size > m.vocab_size:
-    raise ConfigError(f"the tokenizer has {vocab_size} tokens but model.vocab_size={m.vocab_size}; raise model.vocab_size")
-  _validate_optim(o, t.steps)
-  if m.norm.mix_post_layers is not None and not 0 <= m.norm.mix_post_layers <= m.num_layers:
-    raise ConfigError(f"model.norm.mix_post_layers={m.norm.mix_post_layers} must be in [0, model.num_layers="
-                      f"{m.num_layers}] (or None: ⌊mix_post_fraction·num_layers⌋)")
-  if not 0 < m.norm.res_post_tau < 1:
-    raise ConfigError(f"model.norm.res_post_tau={m.norm.res_post_tau} must be in (0, 1)")
+  if target.vocab_size is not None and target.vocab_size > m.vocab_size:
+    raise ConfigError(f"the tokenizer has {target.vocab_size} tokens but model.vocab_size={m.vocab_size}; "
+                      "raise model.vocab_size")
   if m.param_dtype == "bfloat16":
     raise ConfigError("model.param_dtype=bfloat16 would store the weights and AdamW's moments in bfloat16, where late "
                       "small updates round away: keep model.param_dtype=float32 (the master weights) and set "
                       "model.compute_dtype=bfloat16 for bfloat16 matmuls")
-  if m.attention == "cudnn" and m.compute_dtype == "float32":
-    raise ConfigError("model.attention=cudnn needs model.compute_dtype=bfloat16 or float16")
-  if m.attention == "cudnn" and platform not in (None, "gpu"):
-    raise ConfigError(f"model.attention=cudnn runs on NVIDIA GPUs only, not on {platform}; use model.attention=auto")
-  if m.attention == "splash" and platform not in (None, "tpu"):
-    raise ConfigError(f"model.attention=splash is a TPU kernel, not for {platform}; use model.attention=auto")
-  if m.attention == "splash" and d.seq_len % 128:
-    raise ConfigError(f"model.attention=splash needs data.seq_len divisible by 128 (its tile), not {d.seq_len}; "
-                      "change data.seq_len or use model.attention=auto")
-  if t.loss_dtype == "float64" and platform == "tpu":
-    raise ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")
-  _validate_mus_fp8(m, micro * d.seq_len, platform, compute_capability)
   return mesh
 
 
-def _validate_hosts(mesh: dict[str, int], num_devices: int, processes: int, local: int | None, platform) -> None:
-  """The host layout (one process per host): what cannot run, or would run tensor parallelism across hosts.
-
-  The mesh orders devices process by process with `tensor` the fastest axis
-  (`sharding.make_mesh`), so a tensor group stays inside one process exactly when
-  mesh.tensor divides its device count. On GPU and CPU clusters hosts talk over the
-  network, too slow for the collectives tensor parallelism runs in every layer; a
-  TPU slice's chips share one interconnect across hosts, so there it is not checked.
-  """
-  if processes == 1 or platform == "tpu":
-    return
-  if local is not None and local * processes != num_devices:
-    raise ConfigError(f"{num_devices} devices are not {processes} processes x {local}: every process must have the "
-                      "same number of devices (check --cpu_devices, JAX_LOCAL_DEVICE_IDS or CUDA_VISIBLE_DEVICES)")
-  tensor, shards = mesh["tensor"], mesh["data"] * mesh["fsdp"]
-  if local is not None and local % tensor:
-    raise ConfigError(f"mesh.tensor={tensor} does not divide the {local} devices of each of the {processes} "
-                      f"processes: a tensor-parallel group would span hosts; use a mesh.tensor that divides {local} "
-                      "and give the other devices to mesh.fsdp or mesh.data (on GPU: one process per host)")
-  if shards % processes:
-    raise ConfigError(f"mesh.data·mesh.fsdp={shards} is not divisible by the {processes} processes: each host must "
-                      "hold whole batch shards; raise mesh.data or mesh.fsdp and lower mesh.tensor")
-
-
-def _validate_optim(o, train_steps: int) -> None:
-  """What the optimizer cannot run with (one line each); names and choices are checked in `validate`."""
-  steps, name = o.schedule_steps or train_steps, ("optim.schedule_steps" if o.schedule_steps else "train.steps")
-  if o.schedule_steps:  # a schedule length set on purpose must hold its warmup and decay
-    if o.warmup_steps > steps:
-      raise ConfigError(f"optim.warmup_steps={o.warmup_steps} exceeds {name}={steps}")
-    if o.schedule == "wsd" and o.warmup_steps + round(o.decay_fraction * steps) > steps:
-      raise ConfigError(f"optim.schedule=wsd: warmup_steps={o.warmup_steps} plus the decay "
-                        f"(decay_fraction·steps={round(o.decay_fraction * steps)}) exceed {name}={steps}")
-  for message in schedule_caveats(o, train_steps):
-    log.warning(message)
-  if o.name == "lion" and o.eps is not None:
-    raise ConfigError(f"optim.eps={o.eps}: Lion has no ε (its update is a sign); leave optim.eps unset for lion")
-  if o.weight_decay_mode == "independent" and not o.weight_decay < 1:
-    raise ConfigError(f"optim.weight_decay={o.weight_decay} with weight_decay_mode=independent multiplies weights by "
-                      "1 - λ each step: λ must be < 1 (coupled λ = 0.1 at η = 1e-3 is 1e-4 here)")
-
-
-def schedule_caveats(o, train_steps: int) -> list[str]:
-  """Warnings (not errors) for a run shorter than its own warmup or WSD decay, as a quick smoke test is.
-
-  The schedule (optim.schedule) is laid over train.steps as usual and simply cut off:
-  the messages give the learning rate of the last step, that of `optim.schedule(o, steps)(steps - 1)`.
-  """
-  steps, warm, out = train_steps, o.warmup_steps, []
-  if o.schedule_steps:
-    return out
-  from jaxtrain import optim  # pylint: disable=import-outside-toplevel  # optim imports this module
-  end = float(optim.schedule(o, steps)(steps - 1))  # the last update's learning rate, from the schedule itself
-  if warm > steps:
-    out.append(f"optim.warmup_steps={warm} exceeds train.steps={steps}: running anyway, inside the warmup: the "
-               f"learning rate rises as for {warm} steps and ends at {end:.3g} "
-               f"({steps - 1}/{warm} of optim.lr={o.lr:g}), never decaying; lower optim.warmup_steps for the full "
-               "curve")
-  decay = round(o.decay_fraction * steps)
-  if o.schedule == "wsd" and warm <= steps and warm + decay > steps:
-    out.append(f"optim.schedule=wsd: warmup_steps={warm} plus the decay (decay_fraction·steps={decay}) exceed "
-               f"train.steps={steps}: running anyway; the decay starts right after warmup and is cut off, ending at "
-               f"{end:.3g} rather than min_lr_ratio·lr={o.lr * o.min_lr_ratio:.3g}")
-  return out
-
-
-# The static gradient scale's init estimate (μS, spec §1.7): S·g has RMS up to ~2·S/(tokens·width); 64× for tails.
-E5M2_MAX, GRAD_RMS_PER_UNIT_SCALE, GRAD_TAIL = 57344.0, 2.0, 64.0
-
-
-def _version(s: str) -> tuple[int, ...]:
-  return tuple(int(p) for p in str(s).split(".") if p.isdigit())
-
-
-def _validate_mus_fp8(m, micro_tokens: int, platform, compute_capability=None) -> None:
-  """μnit Scaling and FP8: what the parametrization and the casts cannot run with (one line each).
-
-  `compute_capability` (a GPU's, e.g. '9.0'): FP8 GEMMs need sm_89 (Ada) or newer; older GPUs would silently fall
-  back to an emulated, slower path.
-  """
-  if m.parametrization == "mus" and m.norm.placement != "res_post":
-    raise ConfigError(f"model.parametrization=mus needs model.norm.placement=res_post, not {m.norm.placement!r}")
-  if m.parametrization == "mus" and m.tie_embeddings:
-    raise ConfigError("model.parametrization=mus needs model.tie_embeddings=False (embedding ×1, head ×1/fan_in)")
-  for key in ("d_base", "embed_mult", "head_mult"):
-    if not m.mus[key] > 0:
-      raise ConfigError(f"model.mus.{key}={m.mus[key]} must be positive")
-  if m.fp8 != "none" and platform == "tpu":
-    raise ConfigError(f"model.fp8={m.fp8}: FP8 matmuls run on NVIDIA GPUs (sm_89+) or emulated on CPU; use none on TPU")
-  if m.fp8 != "none" and platform == "gpu" and compute_capability and _version(compute_capability) < (8, 9):
-    raise ConfigError(f"model.fp8={m.fp8}: this GPU (compute capability {compute_capability}) has no FP8 GEMMs, "
-                      "which need sm_89 (Ada, Hopper) or newer; use model.fp8=none here")
-  if not m.fp8_history >= 1:
-    raise ConfigError(f"model.fp8_history={m.fp8_history} must be >= 1")
-  if not m.fp8_grad_scale >= 0:
-    raise ConfigError(f"model.fp8_grad_scale={m.fp8_grad_scale} must be >= 0 (0: auto)")
-  auto = micro_tokens * (m.d_model if m.parametrization == "mus" else 1)
-  peak = m.fp8_grad_scale / auto * GRAD_RMS_PER_UNIT_SCALE * GRAD_TAIL
-  if m.fp8 == "static" and peak > E5M2_MAX:
-    raise ConfigError(f"model.fp8_grad_scale={m.fp8_grad_scale:g} overflows E5M2 at init (gradients ~{peak:.3g} > "
-                      f"{E5M2_MAX:g}); use 0 (auto: {auto:g}) or at most "
-                      f"{auto * E5M2_MAX / GRAD_RMS_PER_UNIT_SCALE / GRAD_TAIL:g}")
+def microbatch_tokens(config) -> int:
+  """Tokens in one microbatch over all devices: global_batch / microbatches sequences of data.seq_len."""
+  return config.train.global_batch // config.train.microbatches * config.data.seq_len

@@ -10,10 +10,10 @@ FP8 directly, with no scale state:
 
 `sat(x, f) = clip(x, ±max_f).astype(f)`: a plain cast turns E4M3FN overflow into NaN and E5M2 overflow into
 Inf; clipping saturates instead (paper A.1.2). α is a compile-time constant, so XLA folds it into the GEMM's
-`alpha` on GPU. S is the gap the paper leaves (spec §1.7): with a mean loss over N tokens the gradients at the
-hidden outputs are ~1/(N·d) and 98-100% of them underflow E5M2; S = N·d (μS; N for SP, whose head has no 1/d)
-brings them to unit scale. S multiplies g just before the cast and is divided out of dx and dw in the same
-backward, so no gradient outside this function, and no optimizer, ever sees it.
+`alpha` on GPU. S is the gap the paper leaves (it says only that gradients "can be directly cast", §3.3): with a
+mean loss over N tokens the gradients at the hidden outputs are ~1/(N·d) and 98-100% of them underflow E5M2;
+S = N·d (μS; N for SP, whose head has no 1/d) brings them to unit scale. S multiplies g just before the cast and
+is divided out of dx and dw in the same backward, so no gradient outside this function, and no optimizer, ever sees it.
 
 Delayed scaling (`delayed`; what Flax's `Fp8DirectDotGeneralOp`, MaxText and Transformer Engine ship) divides
 each tensor by a per-tensor scale from the max of its last `history` amaxes before casting, and multiplies the
@@ -42,9 +42,15 @@ import jax
 import jax.numpy as jnp
 from flax.linen import fp8_ops
 
+from jaxtrain import config as cfg_lib
+
 E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
 STATS = ("rms", "underflow", "saturation")  # the probe's columns
 TENSORS = ("x", "w", "g")                  # the probe's rows: activation, weight, output gradient
+MODES = ("none", "static", "delayed")    # model.fp8
+E5M2_MAX = 57344.0                       # E5M2's largest finite value
+# The static gradient scale's init estimate (μS; not in the paper): S·g has RMS up to ~2·S/(tokens·width); 64× for tails.
+GRAD_RMS_PER_UNIT_SCALE, GRAD_TAIL = 2.0, 64.0
 
 
 class Recipe(NamedTuple):
@@ -201,3 +207,36 @@ def combine(a, b):
   """Two microbatches' side cotangents: new states by max (they differ only in the newest amax), probes summed."""
   is_meta = lambda path: any(getattr(k, "key", None) == "meta" for k in path)
   return jax.tree_util.tree_map_with_path(lambda p, x, y: jnp.maximum(x, y) if is_meta(p) else x + y, a, b)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _version(s: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in str(s).split(".") if p.isdigit())
+
+
+def check(config, target: cfg_lib.Target) -> None:
+  """What the FP8 casts cannot run with (one line each).
+
+  `target.compute_capability` (a GPU's, e.g. '9.0'): FP8 GEMMs need sm_89 (Ada) or newer; older GPUs would
+  silently fall back to an emulated, slower path.
+  """
+  m, platform, cc = config.model, target.platform, target.compute_capability
+  cfg_lib.check_choices(config, {"model.fp8": MODES})
+  if m.fp8 != "none" and platform == "tpu":
+    raise cfg_lib.ConfigError(
+        f"model.fp8={m.fp8}: FP8 matmuls run on NVIDIA GPUs (sm_89+) or emulated on CPU; use none on TPU")
+  if m.fp8 != "none" and platform == "gpu" and cc and _version(cc) < (8, 9):
+    raise cfg_lib.ConfigError(f"model.fp8={m.fp8}: this GPU (compute capability {cc}) has no FP8 GEMMs, "
+                              "which need sm_89 (Ada, Hopper) or newer; use model.fp8=none here")
+  if not m.fp8_history >= 1:
+    raise cfg_lib.ConfigError(f"model.fp8_history={m.fp8_history} must be >= 1")
+  if not m.fp8_grad_scale >= 0:
+    raise cfg_lib.ConfigError(f"model.fp8_grad_scale={m.fp8_grad_scale} must be >= 0 (0: auto)")
+  auto = cfg_lib.microbatch_tokens(config) * (m.d_model if m.parametrization == "mus" else 1)
+  peak = m.fp8_grad_scale / auto * GRAD_RMS_PER_UNIT_SCALE * GRAD_TAIL
+  if m.fp8 == "static" and peak > E5M2_MAX:
+    raise cfg_lib.ConfigError(
+        f"model.fp8_grad_scale={m.fp8_grad_scale:g} overflows E5M2 at init (gradients ~{peak:.3g} > "
+        f"{E5M2_MAX:g}); use 0 (auto: {auto:g}) or at most {auto * E5M2_MAX / GRAD_RMS_PER_UNIT_SCALE / GRAD_TAIL:g}")

@@ -18,6 +18,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from orbax.checkpoint import multihost as ocp_multihost
 
+from jaxtrain import config as cfg_lib
+
 BARRIER_TIMEOUT = 3600  # seconds: a host may still be building the token cache or compiling
 _barriers = itertools.count()  # barrier names must be unique; every host calls barrier() in the same order
 
@@ -77,3 +79,33 @@ def open_collectives(mesh: jax.sharding.Mesh) -> None:
   compiled = jax.jit(shmap).lower(ones).compile()
   barrier("open_collectives")  # after compiling: every host arrives at the first collective together
   jax.block_until_ready(compiled(ones))
+
+
+def check(config, target: cfg_lib.Target) -> None:
+  """The host layout (one process per host): what cannot run, or would run tensor parallelism across hosts.
+
+  The mesh orders devices process by process with `tensor` the fastest axis
+  (`sharding.make_mesh`), so a tensor group stays inside one process exactly when
+  mesh.tensor divides its device count. On GPU and CPU clusters hosts talk over the
+  network, too slow for the collectives tensor parallelism runs in every layer; a
+  TPU slice's chips share one interconnect across hosts, so there it is not checked.
+  `target.local_devices` None: only the batch shards are checked.
+  """
+  processes, local, num_devices = target.process_count, target.local_devices, target.num_devices
+  if processes == 1 or target.platform == "tpu":
+    return
+  if local is not None and local * processes != num_devices:
+    raise cfg_lib.ConfigError(
+        f"{num_devices} devices are not {processes} processes x {local}: every process must have the same number "
+        "of devices (check --cpu_devices, JAX_LOCAL_DEVICE_IDS or CUDA_VISIBLE_DEVICES)")
+  mesh = cfg_lib.mesh_shape(config.mesh, num_devices)
+  tensor, shards = mesh["tensor"], mesh["data"] * mesh["fsdp"]
+  if local is not None and local % tensor:
+    raise cfg_lib.ConfigError(
+        f"mesh.tensor={tensor} does not divide the {local} devices of each of the {processes} processes: a "
+        f"tensor-parallel group would span hosts; use a mesh.tensor that divides {local} and give the other devices "
+        "to mesh.fsdp or mesh.data (on GPU: one process per host)")
+  if shards % processes:
+    raise cfg_lib.ConfigError(
+        f"mesh.data·mesh.fsdp={shards} is not divisible by the {processes} processes: each host must hold whole "
+        "batch shards; raise mesh.data or mesh.fsdp and lower mesh.tensor")

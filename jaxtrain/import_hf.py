@@ -139,6 +139,7 @@ def import_hf(source: str, config, workdir: str, overrides: list[str] | tuple[st
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtrain import checkpoint, data, model, paths, sharding, train  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
 
   ##################################################################### Check everything cheap first
   source = os.path.abspath(os.path.expanduser(source))
@@ -187,7 +188,7 @@ def import_hf(source: str, config, workdir: str, overrides: list[str] | tuple[st
   summary = {"source": source, "architecture": (hf_config.get("architectures") or [hf_config["model_type"]])[0],
              "workdir": os.fspath(workdir), "checkpoints": os.fspath(out_ckpts),
              "parameters": model.count_params(state["params"]),
-             "model": train._describe(config.model),  # pylint: disable=protected-access
+             "model": cfg_lib.describe(config.model),
              "flagfile": os.fspath(workdir / "import.flags")}
   if is_main:
     (workdir / "config.json").write_text(json.dumps(config_json, indent=2))

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain import collapse, stablemax
-from jaxtrain.config import OUTPUTS
+from jaxtrain.stablemax import OUTPUTS
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 

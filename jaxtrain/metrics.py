@@ -140,7 +140,7 @@ def _truncate_after(path: epath.Path, step: int) -> list[str]:
   """Drops the lines after `step` from the file; returns the lines kept."""
   if not path.exists():
     return []
-  # A growth event at the checkpoint's own step comes after that checkpoint (growth.py): it is redone too.
+  # A growth event at the checkpoint's own step comes after that checkpoint (growth/events.py): it is redone too.
   kept = []
   for line in _read_lines(path):
     r = json.loads(line)

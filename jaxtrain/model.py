@@ -171,12 +171,54 @@ class Mlp(nnx.Module):
     self.down = Linear("btf,fd->btd", (F, D), ("mlp", "embed"), std=out_std, m=m, rngs=rngs)
 
   def __call__(self, x_BTD, side=None):
-    h_BTCF = self.wi(x_BTD, _at(side, "wi"))
-    if self.kind == "swiglu":
-      h_BTF = jax.nn.silu(h_BTCF[:, :, 0]) * h_BTCF[:, :, 1]
+    wi = self.wi
+    if self.kind == "swiglu" and wi.recipe is None:  # FP8 keeps autodiff through fp8.einsum
+      h_BTF = swiglu_in(x_BTD.astype(wi.dtype), wi.w[...].astype(wi.dtype), wi.alpha)
     else:
-      h_BTF = jax.nn.gelu(h_BTCF[:, :, 0])
+      h_BTCF = wi(x_BTD, _at(side, "wi"))
+      h_BTF = swiglu(h_BTCF) if self.kind == "swiglu" else jax.nn.gelu(h_BTCF[:, :, 0])
     return self.down(constrain(h_BTF, ("batch", None, "mlp")), _at(side, "down"))
+
+
+def swiglu(h_BTCF):
+  """silu(gate)·up from the [gate, up] projection."""
+  return jax.nn.silu(h_BTCF[:, :, 0]) * h_BTCF[:, :, 1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def swiglu_in(x_BTD, wi_DCF, alpha: float = 1.0):
+  """swiglu(α·x·wi): SwiGLU's input matmul and activation, with a backward pass written for XLA's CPU GEMMs.
+
+  Autodiff stores six [B, T, F] tensors of the activation for the backward pass, builds d[gate, up] as two
+  zero-padded [B, T, 2, F] halves that it adds, and computes the weight gradient transposed, so XLA copies
+  the [B·T, 2F] gradient into its transpose first and transposes the product again. Here the forward pass
+  keeps only x and the product, the backward recomputes the sigmoid, writes d[gate, up] once (the same
+  per-element formulas: `jax.vjp` of `swiglu`) and contracts x, not the gradient, for the weight gradient.
+  On the benchmark model: 19% less memory traffic outside the GEMMs, 26% less workspace (benchmarks/README.md).
+  The output and dx are autodiff's bit for bit; the weight gradient differs by float32 rounding (the GEMM's
+  operands come in the other order).
+  """
+  return _swiglu_in_fwd(x_BTD, wi_DCF, alpha)[0]
+
+
+def _swiglu_in_fwd(x_BTD, wi_DCF, alpha):
+  h_BTCF = jnp.einsum("btd,dcf->btcf", x_BTD, wi_DCF)
+  h_BTCF = h_BTCF if alpha == 1.0 else h_BTCF * alpha
+  return swiglu(h_BTCF), (x_BTD, wi_DCF, h_BTCF)
+
+
+def _swiglu_in_bwd(alpha, res, dout_BTF):
+  x_BTD, wi_DCF, h_BTCF = res
+  _, vjp = jax.vjp(lambda g, u: jax.nn.silu(g) * u, h_BTCF[:, :, 0], h_BTCF[:, :, 1])
+  dgate_BTF, dup_BTF = vjp(dout_BTF)
+  # One select over [B, T, 2, F], not a concatenation: XLA would fuse that into a slow transposed copy.
+  gate_C = jax.lax.broadcasted_iota(jnp.int32, h_BTCF.shape, 2) == 0
+  dh_BTCF = jnp.where(gate_C, dgate_BTF[:, :, None], dup_BTF[:, :, None])
+  dh_BTCF = dh_BTCF if alpha == 1.0 else dh_BTCF * alpha
+  return jnp.einsum("btcf,dcf->btd", dh_BTCF, wi_DCF), jnp.einsum("btd,btcf->dcf", x_BTD, dh_BTCF)
+
+
+swiglu_in.defvjp(_swiglu_in_fwd, _swiglu_in_bwd)
 
 
 class Block(nnx.Module):
@@ -305,7 +347,7 @@ class Transformer(nnx.Module):
     """The output head: final norm, then the (tied or untied) unembedding."""
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
-    if self.m.tie_embeddings:  # refused under μS (config.validate): no multiplier here
+    if self.m.tie_embeddings:  # refused under μS (munit.check): no multiplier here
       logits_BTV = matmul("btd,vd->btv", x_BTD, self.embed[...], jnp.dtype(self.m.compute_dtype),
                           out_dtype=jnp.float32)
     else:

@@ -1,7 +1,7 @@
 """μnit Scaling's parametrization: unit-variance weights and static multipliers.
 
 Narayan, Gupta, Paul, Blalock; "μnit Scaling: Simple and Scalable FP8 LLM Training" (ICML 2025, arXiv 2502.05967),
-Table 2 and §2.3; spec: shared/research/munit_fp8.md §0, §1.2-1.4.
+Table 2, §2.1-2.3 and A.1.1-A.1.2.
 
     weight                 init          output multiplier
     embedding              N(0, 1)       embed_mult (the paper: 1)
@@ -15,6 +15,24 @@ Under `sp` every rule here is the identity: the model is exactly the standard on
 """
 
 from __future__ import annotations
+
+from jaxtrain import config as cfg_lib
+
+PARAMETRIZATIONS = ("sp", "mus")
+ATTN_SCALES = ("inv_sqrt", "inv")  # q·k/√K (the paper's) | q·k/K (μP's)
+
+
+def check(config, target: cfg_lib.Target) -> None:  # pylint: disable=unused-argument
+  """What the parametrization cannot run with (one line each): μS's residual, untied head and positive knobs."""
+  m = config.model
+  cfg_lib.check_choices(config, {"model.parametrization": PARAMETRIZATIONS, "model.mus.attn_scale": ATTN_SCALES})
+  if m.parametrization == "mus" and m.norm.placement != "res_post":
+    raise cfg_lib.ConfigError(
+        f"model.parametrization=mus needs model.norm.placement=res_post, not {m.norm.placement!r}")
+  if m.parametrization == "mus" and m.tie_embeddings:
+    raise cfg_lib.ConfigError(
+        "model.parametrization=mus needs model.tie_embeddings=False (embedding ×1, head ×1/fan_in)")
+  cfg_lib.check_positive({f"model.mus.{key}": m.mus[key] for key in ("d_base", "embed_mult", "head_mult")})
 
 
 def init_std(m, sp_std: float) -> float:

@@ -32,6 +32,7 @@ optimizer state, yet the applied learning rate stays the one logged for the step
 
 from __future__ import annotations
 
+import logging
 import math
 
 import jax
@@ -39,10 +40,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxtrain import config as cfg_lib
 from jaxtrain import model, sharding
 from jaxtrain.orthograd import orthograd
 
+log = logging.getLogger(__name__)
+
 NAMES = ("adamw", "lion")
+SCHEDULES = ("cosine", "wsd", "constant")
 LR_RULES = ("none", "mus", "sp")
 DECAY_MODES = ("coupled", "independent")
 DECAYED_ROLES = ("embedding", "hidden", "head")  # norm gains and biases are never decayed
@@ -75,6 +80,59 @@ def schedule(o, steps: int) -> optax.Schedule:
   else:
     raise ValueError(f"unknown schedule {o.schedule!r}")
   return optax.join_schedules([warmup, rest], [warm])
+
+
+def check(config, target: cfg_lib.Target) -> None:  # pylint: disable=unused-argument
+  """What the optimizer cannot run with (one line each); a run shorter than its schedule is only warned of."""
+  o, train_steps = config.optim, config.train.steps
+  cfg_lib.check_choices(config, {"optim.schedule": SCHEDULES, "optim.name": NAMES, "optim.lr_rule": LR_RULES,
+                                 "optim.weight_decay_mode": DECAY_MODES})
+  cfg_lib.check_positive({"optim.lr": o.lr} | ({"optim.eps": o.eps} if o.eps is not None else {}))
+  cfg_lib.check_non_negative({"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+                              "optim.schedule_steps": o.schedule_steps, "optim.clip_norm": o.clip_norm})
+  for key, v in {"optim.b1": o.b1, "optim.b2": o.b2}.items():
+    if v is not None and not 0 <= v < 1:
+      raise cfg_lib.ConfigError(f"{key}={v} must be in [0, 1)")
+  cfg_lib.check_unit_interval({"optim.decay_fraction": o.decay_fraction, "optim.min_lr_ratio": o.min_lr_ratio})
+  steps, name = o.schedule_steps or train_steps, ("optim.schedule_steps" if o.schedule_steps else "train.steps")
+  if o.schedule_steps:  # a schedule length set on purpose must hold its warmup and decay
+    if o.warmup_steps > steps:
+      raise cfg_lib.ConfigError(f"optim.warmup_steps={o.warmup_steps} exceeds {name}={steps}")
+    if o.schedule == "wsd" and o.warmup_steps + round(o.decay_fraction * steps) > steps:
+      raise cfg_lib.ConfigError(f"optim.schedule=wsd: warmup_steps={o.warmup_steps} plus the decay "
+                                f"(decay_fraction·steps={round(o.decay_fraction * steps)}) exceed {name}={steps}")
+  for message in schedule_caveats(o, train_steps):
+    log.warning(message)
+  if o.name == "lion" and o.eps is not None:
+    raise cfg_lib.ConfigError(
+        f"optim.eps={o.eps}: Lion has no ε (its update is a sign); leave optim.eps unset for lion")
+  if o.weight_decay_mode == "independent" and not o.weight_decay < 1:
+    raise cfg_lib.ConfigError(
+        f"optim.weight_decay={o.weight_decay} with weight_decay_mode=independent multiplies weights by 1 - λ each "
+        "step: λ must be < 1 (coupled λ = 0.1 at η = 1e-3 is 1e-4 here)")
+
+
+def schedule_caveats(o, train_steps: int) -> list[str]:
+  """Warnings (not errors) for a run shorter than its own warmup or WSD decay, as a quick smoke test is.
+
+  The schedule (optim.schedule) is laid over train.steps as usual and simply cut off:
+  the messages give the learning rate of the last step, that of `schedule(o, steps)(steps - 1)`.
+  """
+  steps, warm, out = train_steps, o.warmup_steps, []
+  if o.schedule_steps:
+    return out
+  end = float(schedule(o, steps)(steps - 1))  # the last update's learning rate, from the schedule itself
+  if warm > steps:
+    out.append(f"optim.warmup_steps={warm} exceeds train.steps={steps}: running anyway, inside the warmup: the "
+               f"learning rate rises as for {warm} steps and ends at {end:.3g} "
+               f"({steps - 1}/{warm} of optim.lr={o.lr:g}), never decaying; lower optim.warmup_steps for the full "
+               "curve")
+  decay = round(o.decay_fraction * steps)
+  if o.schedule == "wsd" and warm <= steps and warm + decay > steps:
+    out.append(f"optim.schedule=wsd: warmup_steps={warm} plus the decay (decay_fraction·steps={decay}) exceed "
+               f"train.steps={steps}: running anyway; the decay starts right after warmup and is cut off, ending at "
+               f"{end:.3g} rather than min_lr_ratio·lr={o.lr * o.min_lr_ratio:.3g}")
+  return out
 
 
 def hyper(o) -> dict:
@@ -184,7 +242,7 @@ def make(config, axes_tree, lr_schedule: optax.Schedule | None = None,
   """(the optimizer, its peak-η schedule) for `config`; update it with `tx.update(g, s, params, step=step)`.
 
   `lr_schedule` and its `peak_lr` replace the config's schedule (a run's phase after a growth event,
-  jaxtrain/growth.py); by default it is `schedule(config.optim, schedule_length(config))`, peaking at optim.lr.
+  jaxtrain/growth/events.py); by default it is `schedule(config.optim, schedule_length(config))`, peaking at optim.lr.
 
   The chain: global-norm clipping, ⊥Grad if `optim.orthograd` (per parameter:
   each layer's slice of a stacked tensor and each of SwiGLU's gate and up on its

@@ -31,7 +31,21 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxtrain.config import PLACEMENTS
+from jaxtrain import config as cfg_lib
+
+PLACEMENTS = ("pre", "post", "mix", "peri", "lns", "res_post")  # model.norm.placement
+
+
+def check(config, target: cfg_lib.Target) -> None:  # pylint: disable=unused-argument
+  """What the norm placement cannot run with (one line each)."""
+  n, num_layers = config.model.norm, config.model.num_layers
+  cfg_lib.check_choices(config, {"model.norm.placement": PLACEMENTS})
+  cfg_lib.check_unit_interval({"model.norm.mix_post_fraction": n.mix_post_fraction})
+  if n.mix_post_layers is not None and not 0 <= n.mix_post_layers <= num_layers:
+    raise cfg_lib.ConfigError(f"model.norm.mix_post_layers={n.mix_post_layers} must be in [0, model.num_layers="
+                              f"{num_layers}] (or None: ⌊mix_post_fraction·num_layers⌋)")
+  if not 0 < n.res_post_tau < 1:
+    raise cfg_lib.ConfigError(f"model.norm.res_post_tau={n.res_post_tau} must be in (0, 1)")
 
 
 def layer_kinds(placement: str, num_layers: int, mix_post_fraction: float = 0.25,

@@ -4,6 +4,9 @@
   by_depth(run, "layers/grad_norm")              per-layer diagnostics against depth (or a dict name -> values_L)
   heatmap(run, "layers/resid_var")               per-layer diagnostics over training: layer × step
   sweep(points, "optim.lr", by="d_model")        final losses against a swept hyperparameter, diverged runs marked
+  lr_transfer(rules, widths), best_vs_width(rules)   does the best η transfer across width (μS, SP, ...)
+  fp8_health({label: {"loss", "health"}})        FP8 underflow and saturation over training beside the loss
+  fp8_stats(rows, linears)                       a run's FP8 diagnostics reduced for fp8_health and reports
   save(fig, "out.png")                           tight layout, written atomically, closed
 
 A run is anything with metrics: a `jaxtrain.run.Run` (`jt.load_run(workdir)`), a workdir path (its
@@ -362,6 +365,100 @@ def sweep(points, x: str, y: str = "final_eval_loss", ax=None, *, by=None, label
   if legend and any(not l.startswith("_") for l in ax.get_legend_handles_labels()[1]):
     ax.legend(fontsize=8)
   return ax
+
+
+def lr_transfer(rules: dict, widths, axes=None):
+  """Does the best learning rate transfer across width? One column per rule: the final loss against the η a run
+  was given (top) and against the η its hidden matrices got (bottom), a curve per width, ★ at each best.
+
+  rules: {name: {"points": sweep points with "d_model", "lr", "applied" (the hidden matrices' η),
+  "final_eval_loss", "status"; "xlabel": the top panel's x label}}. axes: 2 × len(rules) (default a new figure's).
+  """
+  plt = _plt()
+  axes = plt.subplots(2, len(rules), figsize=(5.5 * len(rules), 8))[1] if axes is None else axes
+  colors = dict(zip(widths, plt.cm.viridis(np.linspace(0, 0.9, len(widths)))))
+  for col, (name, rule) in enumerate(rules.items()):
+    for row, x in enumerate(("lr", "applied")):
+      sweep([dict(r, eta=r[x]) for r in rule["points"]], "eta", ax=axes[row][col], by="d_model", best=True, base=2,
+            label=lambda key: f"d = {key[0]}", colors=lambda key: colors[key[0]],
+            xlabel="hidden matrices' applied η" if row else rule["xlabel"], ylabel="final validation loss",
+            title=f"{name}: loss vs {'applied hidden' if row else 'transferred'} η")
+  axes[0][0].figure.suptitle(f"width transfer: ★ = best η per width (d_base = {widths[0]})")
+  return axes
+
+
+def best_vs_width(rules: dict, ax=None):
+  """The best η per width, from the grid and from a parabola through its neighbours, against the rule's own
+  prediction (gray dashes: η ∝ d^-exponent from the first width), both axes log2.
+
+  rules: {name: {"widths", "best", "fit" (the applied η at each width), "exponent", "marker"}}.
+  """
+  ax = _axes(ax)
+  for name, r in rules.items():
+    ws, mk = r["widths"], r["marker"]
+    ax.plot(ws, r["best"], marker=mk, label=f"{name} best (grid)")
+    ax.plot(ws, r["fit"], marker=mk, ls=":", mfc="none", label=f"{name} best (parabola)")
+    ax.plot(ws, [r["best"][0] * (ws[0] / w) ** r["exponent"] for w in ws], ls="--", color="gray", lw=0.8)
+  ax.set(xscale="log", yscale="log", xlabel="width d_model", ylabel="best applied hidden η",
+         title="best η vs width (gray: the rules, 1/√d μS, 1/d SP)")
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log", base=2)
+  ax.legend(fontsize=8)
+  return ax
+
+
+FP8_TENSORS = (("g", "o", "-", "E5M2"), ("x", "^", "--", "E4M3"), ("w", "s", ":", "E4M3"))  # tensor, marker, line
+
+
+def fp8_stats(rows, linears) -> dict | None:
+  """A run's FP8 diagnostics (metrics rows with `layers/fp8/<linear>/<x|w|g>_<underflow|saturation|rms>`, one
+  value per layer) reduced for `fp8_health` and reports: per tensor t and stat, "<t>_<stat>" the mean over the
+  `linears` and layers at each diagnostics step, "<t>_<stat>_max" the max, and "<t>_<stat>_first" / "_last"
+  {linear: mean over layers} at the first and last diagnostics step; "steps". None without diagnostics."""
+  diag = [r for r in rows if any(k.startswith("layers/fp8/") for k in r)]
+  if not diag:
+    return None
+  out = {"steps": [d["step"] for d in diag]}
+  for t in ("x", "w", "g"):
+    for stat in ("underflow", "saturation", "rms"):
+      keys = [f"layers/fp8/{l}/{t}_{stat}" for l in linears if f"layers/fp8/{l}/{t}_{stat}" in diag[0]]
+      out[f"{t}_{stat}"] = [float(np.mean([np.mean(d[k]) for k in keys])) for d in diag]
+      out[f"{t}_{stat}_max"] = [float(np.max([np.max(d[k]) for k in keys])) for d in diag]
+      for which, d in (("first", diag[0]), ("last", diag[-1])):
+        out[f"{t}_{stat}_{which}"] = {k.split("/")[2]: float(np.mean(d[k])) for k in keys}
+  return out
+
+
+def fp8_health(runs: dict, axes=None, *, smooth: int = 5):
+  """FP8 casts over training, three panels: the training loss, the share of non-zeros cast to 0 (underflow) and of
+  entries clipped at the format's max (saturation), per run; the tensor by marker and line style, the run by colour.
+
+  runs: {label: {"loss": (steps, losses), "health": ..., "caption": the loss curve's legend (default the label),
+  "ref": True for a run drawn on the loss panel only, dotted (one without FP8)}}. "health": `fp8_stats` of its
+  metrics (None for a run without FP8). axes: three axes (default a new 16 × 4.4 figure's); returns them.
+  """
+  axes = _plt().subplots(1, 3, figsize=(16, 4.4))[1] if axes is None else axes
+  for label, r in runs.items():
+    curves({r.get("caption", label): r["loss"]}, ax=axes[0], smooth=smooth, ls=":" if r.get("ref") else "-",
+           legend=False)
+    c = axes[0].lines[-1].get_color()  # one colour per run
+    f = r.get("health")
+    if f and not r.get("ref"):
+      for t, mk, ls, fmt in FP8_TENSORS:
+        axes[1].plot(f["steps"], np.array(f[f"{t}_underflow"]) * 100, color=c, marker=mk, ms=3, ls=ls,
+                     label=f"{label}: {t} ({fmt})" if t == "g" else f"{t} ({fmt})")
+      for t, mk, ls, _ in FP8_TENSORS:
+        axes[2].plot(f["steps"], np.array(f[f"{t}_saturation_max"]) * 100, color=c, marker=mk, ms=3, ls=ls,
+                     label=f"{label}: {t}" if t == "g" else t)
+  axes[0].set(xlabel="step", ylabel=f"training loss ({smooth}-point mean)", title="loss")
+  axes[1].set(xlabel="step", ylabel="% of non-zeros cast to 0", title="FP8 underflow (mean over linears)")
+  axes[2].set(xlabel="step", ylabel="% clipped at max", title="FP8 saturation (max over linears)")
+  for ax in axes[1:]:
+    ax.set_yscale("symlog", linthresh=0.01)  # linear below 0.01%, so 0 shows
+    ax.set_ylim(bottom=0)
+  for ax in axes:
+    ax.legend(fontsize=6)
+  return axes
 
 
 def save(fig, path: str, dpi: int = 110) -> str:

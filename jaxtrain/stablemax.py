@@ -24,6 +24,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtrain import config as cfg_lib
+
+OUTPUTS = ("softmax", "stablemax")  # model.output: the loss's output activation (jaxtrain/losses.py)
+LOSS_DTYPES = ("float32", "float64")  # train.loss_dtype: float64 as the paper's code, without x64 mode
+
 # Added to 1 - x in the negative branch, as in the official code. Since x < 0
 # there, 1 - x > 1 and the term never changes the result; kept for fidelity.
 EPS = 1e-30
@@ -65,3 +70,10 @@ def cross_entropy(z_NV: jax.Array, labels_N: jax.Array) -> jax.Array:
   s_NV = s(z_NV)
   s_y_N = jnp.take_along_axis(s_NV, labels_N[..., None], axis=-1)[..., 0]
   return -jnp.log(s_y_N / jnp.sum(s_NV, axis=-1))
+
+
+def check(config, target: cfg_lib.Target) -> None:
+  """The output activation and the loss's precision: float64 is refused on TPU (one line)."""
+  cfg_lib.check_choices(config, {"model.output": OUTPUTS, "train.loss_dtype": LOSS_DTYPES})
+  if config.train.loss_dtype == "float64" and target.platform == "tpu":
+    raise cfg_lib.ConfigError("train.loss_dtype=float64: TPUs have no float64 arithmetic; use float32 on TPU")

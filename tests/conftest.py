@@ -48,7 +48,45 @@ def tiny(data_dir):
   return lambda **kw: tiny_config(data_dir, **{k.replace("__", "."): v for k, v in kw.items()})
 
 
+# The fast tier, `make test-fast` (`pytest -m "not slow"`): the tests worth running on every edit. Marked slow here,
+# by name, besides the tests marked @pytest.mark.slow: several processes, training through the CLI or for long,
+# ahead-of-time compiles for other machines, transformers and torch, the GCS emulator, and the notebooks
+# (docs/testing.md has the table). `make test` runs everything.
+SLOW_FILES = {
+    "test_multihost.py", "test_growth.py", "test_growth_loop.py", "test_grow_cli.py", "test_hf.py",
+    "test_compile.py", "test_bucket.py", "test_grokking.py", "test_run.py", "test_malloc.py",
+}
+SLOW_TESTS = {
+    "test_cli.py": {"test_two_local_processes_form_one_8_device_mesh"},
+    "test_data.py": {"test_two_processes_read_their_rows_of_the_one_process_batches",
+                     "test_hosts_with_different_data_are_refused", "test_cache_same_with_worker_processes"},
+    "test_fp8.py": {"test_fp8_linear_compiles_to_three_fp8_gemms_for_an_h100"},
+    "test_munit.py": {"test_fp8_on_the_mesh_and_in_microbatches_matches_one_device"},
+    "test_optim.py": {"test_mus_lion_orthograd_on_a_mesh_equals_one_device"},
+    "test_output_switches.py": {"test_lm_stablemax_config_through_the_cli"},
+    "test_placement.py": {"test_placements_on_the_mesh"},
+    "test_stablemax.py": {"test_lm_stablemax_float64_on_a_mesh_equals_one_device"},
+    "test_sweep.py": {"test_a_signal_to_the_sweep_stops_its_point_which_stays_unfinished",
+                      "test_a_killed_sweep_tells_its_point_to_stop",
+                      "test_parallel_points_run_at_once_on_disjoint_cores"},
+    "test_train.py": {"test_nonfinite_loss_stops_and_keeps_last_checkpoint",
+                      "test_incompatible_checkpoint_is_a_clear_error", "test_resume_on_another_mesh",
+                      "test_a_signal_during_evaluation_still_saves_the_step_it_stops_at",
+                      "test_resume_refuses_a_new_model_field_changed_and_other_data"},
+}
+
+
+def is_slow(item) -> bool:
+  name = item.fspath.basename
+  return (name in SLOW_FILES or name.endswith(".ipynb")
+          or getattr(item, "originalname", item.name) in SLOW_TESTS.get(name, ()))
+
+
 def pytest_collection_modifyitems(items):
-  """The two-process tests first: with `-n 2 --dist loadfile --no-loadscope-reorder` (files in collection order, not
-  largest first) one worker starts on them, the longest file, at once while the other takes the rest."""
+  """Marks the slow tier (above). Then the two-process tests first: with `-n 2 --dist loadfile
+  --no-loadscope-reorder` (files in collection order, not largest first) one worker starts on them, the longest file,
+  at once while the other takes the rest."""
+  for item in items:
+    if is_slow(item):
+      item.add_marker(pytest.mark.slow)
   items.sort(key=lambda item: item.fspath.basename != "test_multihost.py")

@@ -71,7 +71,7 @@ def test_helpfull_lists_every_field_with_type_default_and_value(capsys):
   assert e.value.code == 0
   out = capsys.readouterr().out
   rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha() and "." in line.split()[0]}
-  keys = cfg_lib._flat_keys(cfg_lib.base())  # pylint: disable=protected-access
+  keys = cfg_lib.flat_keys(cfg_lib.base())
   assert set(keys) - {"seed"} <= set(rows), set(keys) - set(rows)
   assert rows["model.num_layers"][1:3] == ["int", "4"]
   assert rows["model.head_dim"][1:3] == ["int", "None"]  # a placeholder shows its declared type

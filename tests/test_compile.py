@@ -19,6 +19,7 @@ import pytest
 
 from jaxtrain import attention, compile as aot, flops
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,7 +169,7 @@ def test_splash_attention_equals_xla_on_cpu_in_pallas_interpret_mode():
 
 def test_splash_is_refused_off_tpu_and_at_lengths_its_tile_does_not_divide(tiny):
   with pytest.raises(cfg_lib.ConfigError, match="TPU kernel"):
-    cfg_lib.validate(tiny(model__attention="splash", data__seq_len=128, model__max_seq_len=128), 8, platform="gpu")
+    preflight.validate(tiny(model__attention="splash", data__seq_len=128, model__max_seq_len=128), 8, platform="gpu")
   with pytest.raises(cfg_lib.ConfigError, match="divisible by 128"):
-    cfg_lib.validate(tiny(model__attention="splash"), 8, platform="tpu")
-  cfg_lib.validate(tiny(model__attention="splash", data__seq_len=128, model__max_seq_len=128), 8, platform="tpu")
+    preflight.validate(tiny(model__attention="splash"), 8, platform="tpu")
+  preflight.validate(tiny(model__attention="splash", data__seq_len=128, model__max_seq_len=128), 8, platform="tpu")

@@ -4,6 +4,7 @@ import jax
 import pytest
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 from jaxtrain import model, sharding
 from jaxtrain.__main__ import parse
 
@@ -80,21 +81,21 @@ def test_validation_errors(tiny, overrides, devices, message):
   for key, value in overrides.items():
     cfg_lib.set_field(c, key, str(value))
   with pytest.raises(cfg_lib.ConfigError, match=message):
-    cfg_lib.validate(c, devices, vocab_size=256)
+    preflight.validate(c, devices, vocab_size=256)
 
 
 def test_platform_checks(tiny):
   c = tiny(model__attention="cudnn", model__compute_dtype="bfloat16")
-  cfg_lib.validate(c, 1, 256, platform="gpu")
+  preflight.validate(c, 1, 256, platform="gpu")
   with pytest.raises(cfg_lib.ConfigError, match="cudnn runs on NVIDIA GPUs only, not on cpu"):
-    cfg_lib.validate(c, 1, 256, platform="cpu")
+    preflight.validate(c, 1, 256, platform="cpu")
 
 
 def test_valid_configs_pass(tiny):
-  assert cfg_lib.validate(tiny(), 8, 256) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert preflight.validate(tiny(), 8, 256) == {"data": 8, "fsdp": 1, "tensor": 1}
   c = tiny()
   c.mesh.update(data=2, fsdp=-1, tensor=2)
-  assert cfg_lib.validate(c, 8, 256) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert preflight.validate(c, 8, 256) == {"data": 2, "fsdp": 2, "tensor": 2}
 
 
 def test_parameter_divisibility_is_checked_before_compiling(tiny):
@@ -125,9 +126,9 @@ def test_rules_table_maps_logical_names():
 def test_host_layout_errors(tiny, mesh, processes, local, message):
   c = tiny(model__num_heads=8, model__d_model=64)
   c.mesh.update(mesh)
-  cfg_lib.validate(c, 8, 256)  # fine on one process
+  preflight.validate(c, 8, 256)  # fine on one process
   with pytest.raises(cfg_lib.ConfigError, match=message):
-    cfg_lib.validate(c, 8, 256, process_count=processes, local_devices=local)
+    preflight.validate(c, 8, 256, process_count=processes, local_devices=local)
 
 
 def test_host_layouts_that_run(tiny):
@@ -137,9 +138,9 @@ def test_host_layouts_that_run(tiny):
                                  ({"data": -1, "fsdp": 1, "tensor": 1}, 8, 1),
                                  ({"data": 1, "fsdp": 1, "tensor": 8}, 1, 8)]:
     c.mesh.update(mesh)
-    assert cfg_lib.validate(c, 8, 256, process_count=processes, local_devices=local)["tensor"] == mesh["tensor"]
+    assert preflight.validate(c, 8, 256, process_count=processes, local_devices=local)["tensor"] == mesh["tensor"]
   c.mesh.update(data=1, fsdp=1, tensor=8)  # a TPU slice's interconnect spans its hosts: tensor may too
-  cfg_lib.validate(c, 8, 256, platform="tpu", process_count=2, local_devices=4)
+  preflight.validate(c, 8, 256, platform="tpu", process_count=2, local_devices=4)
 
 
 # ---------------------------------------------------------------- a run shorter than its warmup (issue 11)
@@ -148,8 +149,8 @@ def test_host_layouts_that_run(tiny):
 def test_run_shorter_than_warmup_warns_and_runs(caplog):
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   c = cfg_lib.load("configs/default.py", ["train.steps=30"])  # the smoke test of the issue: warmup is 60
-  with caplog.at_level("WARNING", logger="jaxtrain.config"):
-    cfg_lib.validate(c, 8, 256)
+  with caplog.at_level("WARNING", logger="jaxtrain.optim"):
+    preflight.validate(c, 8, 256)
   (message,) = [r.getMessage() for r in caplog.records]
   end = float(optim.schedule(c.optim, 30)(29))  # the learning rate of the last step, as the optimizer has it
   assert message.startswith("optim.warmup_steps=60 exceeds train.steps=30: running anyway")
@@ -159,12 +160,40 @@ def test_run_shorter_than_warmup_warns_and_runs(caplog):
 def test_wsd_cut_short_warns_with_the_true_final_rate(caplog):
   from jaxtrain import optim  # pylint: disable=g-import-not-at-top
   c = cfg_lib.load("configs/lm_small.py:tiny", ["train.steps=1100"])  # warmup 1000 + decay 220 > 1100
-  with caplog.at_level("WARNING", logger="jaxtrain.config"):
-    cfg_lib.validate(c, 8, 256)
+  with caplog.at_level("WARNING", logger="jaxtrain.optim"):
+    preflight.validate(c, 8, 256)
   (message,) = [r.getMessage() for r in caplog.records]
   end = float(optim.schedule(c.optim, 1100)(1099))
   assert "optim.schedule=wsd: warmup_steps=1000 plus the decay (decay_fraction·steps=220) exceed" in message
   assert f"ending at {end:.3g} rather than min_lr_ratio·lr" in message, (message, end)
   caplog.clear()
-  cfg_lib.validate(cfg_lib.load("configs/default.py"), 8, 256)  # a full-length run warns of nothing
+  preflight.validate(cfg_lib.load("configs/default.py"), 8, 256)  # a full-length run warns of nothing
   assert not caplog.records
+
+
+@pytest.mark.parametrize("feature, key, value", [
+    ("attention", "model.attention", "flash"),
+    ("fp8", "model.fp8", "e4m3"),
+    ("munit", "model.parametrization", "mup"),
+    ("optim", "optim.name", "sgd"),
+    ("placement", "model.norm.placement", "sandwich"),
+    ("stablemax", "model.output", "softmin"),
+    ("stablemax", "train.loss_dtype", "float16"),
+    ("growth", "growth.opt", "keep"),
+])
+def test_each_feature_owns_its_choices(tiny, feature, key, value):
+  """config.check leaves a feature's field to the feature's own check; preflight runs both."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  c = tiny()
+  cfg_lib.set_field(c, key, value)
+  target = cfg_lib.Target(num_devices=1)
+  assert cfg_lib.check(c, target) == {"data": 1, "fsdp": 1, "tensor": 1}
+  message = f"{key}='{value}' is not one of"
+  with pytest.raises(cfg_lib.ConfigError, match=message):
+    importlib.import_module(f"jaxtrain.{feature}").check(c, target)
+  with pytest.raises(cfg_lib.ConfigError, match=message):
+    preflight.validate(c, 1)
+
+
+def test_describe(tiny):
+  assert cfg_lib.describe(tiny().model) == "2 layers, d_model 32, 4 heads of 8, mlp 64"

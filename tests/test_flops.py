@@ -17,7 +17,9 @@ from flax import nnx
 from jax.extend import core as jex_core
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import flops, model, optim, train
+from jaxtrain import preflight
+from jaxtrain import flops, model, optim
+from jaxtrain import step as step_lib
 
 B, T = 2, 16  # T < 128: the attention kernel computes the full T×T square, masked (one query block)
 
@@ -58,11 +60,11 @@ def forward_count(m, seq_len=T):
 
 
 def train_count(c):
-  """The matmuls of one step of `train.make_train_step`: loss, gradient, optimizer, metrics."""
+  """The matmuls of one step of `step.make_train_step`: loss, gradient, optimizer, metrics."""
   graphdef, _, axes = model.abstract(c.model)
   tx, schedule = optim.make(c, axes)
-  state = jax.eval_shape(train.make_state_fn(c, tx), jax.random.key(0))
-  step = train.make_train_step(c, graphdef, tx, schedule, param_axes=axes)
+  state = jax.eval_shape(step_lib.make_state_fn(c, tx), jax.random.key(0))
+  step = step_lib.make_train_step(c, graphdef, tx, schedule, param_axes=axes)
   tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
   return matmul_flops(jax.make_jaxpr(step)(state, {"inputs": tokens, "targets": tokens}).jaxpr)
 
@@ -80,7 +82,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_formula_counts_the_forward_and_train_step_matmuls(case):
   c = small_config(**CASES[case])
-  cfg_lib.validate(c, num_devices=1)
+  preflight.validate(c, num_devices=1)
   m, tokens = c.model, B * T
   no_attention = flops.forward_flops_per_token(m, 0) * tokens  # the formula without its T-dependent term
   attention = flops.forward_flops_per_token(m, T) * tokens - no_attention

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 from jaxtrain import compile as aot
 from jaxtrain import fp8, model
 
@@ -113,7 +114,7 @@ def _probes(m, tokens_BT):
 
 
 def test_e5m2_underflow_below_1pct_with_the_static_scale_and_near_100pct_without():
-  tokens = jax.random.randint(jax.random.key(1), (16, 129), 0, 256)  # 2048 tokens: N·d = 262144, as spec §1.7
+  tokens = jax.random.randint(jax.random.key(1), (16, 129), 0, 256)  # 2048 tokens: N·d = 262144, the default static scale
   g_underflow = lambda probes: np.array([p[:, 2, 1] for p in jax.tree.leaves(probes)])
   g_saturation = lambda probes: np.array([p[:, 2, 2] for p in jax.tree.leaves(probes)])
   auto = _probes(_mus(), tokens)
@@ -130,10 +131,10 @@ def test_e5m2_underflow_below_1pct_with_the_static_scale_and_near_100pct_without
 def test_default_grad_scale_does_not_overflow_and_a_huge_one_is_refused(tiny):
   c = tiny(model__parametrization="mus", model__norm__placement="res_post", model__tie_embeddings=False,
            model__fp8="static")
-  cfg_lib.validate(c, 1)
+  preflight.validate(c, 1)
   c.model.fp8_grad_scale = 1e12
   with pytest.raises(cfg_lib.ConfigError, match="overflows E5M2"):
-    cfg_lib.validate(c, 1)
+    preflight.validate(c, 1)
 
 
 # ---------------------------------------------------------------- real FP8 GEMMs on an H100 target (CUDA plugin)

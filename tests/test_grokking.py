@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtrain import grokking
-from jaxtrain.data import grokking as tasks
+import grokking
+from grokking import tasks
+from jaxtrain import config as cfg_lib
 
 
 @pytest.mark.parametrize("op,fn", [("add", lambda a, b: (a + b) % 23), ("sub", lambda a, b: (a - b) % 23),
@@ -105,8 +106,7 @@ def test_orthograd_adamw_generalizes(data_dir):
 
 
 def _adam_step(tx, grads, dtype):
-  from jaxtrain import losses
-  with losses._precision(dtype):  # float64 arrays exist only in x64 mode
+  with grokking.precision(dtype):  # float64 arrays exist only in x64 mode
     params = jax.tree.map(jnp.zeros_like, grads)
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     return jax.device_get(updates), jax.device_get(state)
@@ -146,9 +146,9 @@ def test_opt_stats_on_a_hand_made_state():
   assert s["grad_min"] == np.float32(1e-20) and s["grad_max"] == np.float32(4e-2)
   assert s["grad_ftz_fraction"] == pytest.approx(2 / 4)                     # 1e-20 and 1e-19 of 4 non-zero
   assert s["update_max"] == np.float32(7.5)
-  with pytest.raises(grokking.cfg_lib.ConfigError, match="opt_dtype"):
+  with pytest.raises(cfg_lib.ConfigError, match="opt_dtype"):
     grokking.config(opt_dtype="bfloat16")
-  with pytest.raises(grokking.cfg_lib.ConfigError, match="adamw"):
+  with pytest.raises(cfg_lib.ConfigError, match="adamw"):
     grokking.config(opt_dtype="float64", optimizer="sgd")
 
 
@@ -175,9 +175,8 @@ def test_train_continues_from_a_saved_state(data_dir):
 def test_float32_ieee_adam_keeps_subnormals_as_pytorch():
   """opt_dtype=float32_ieee: torch.optim.AdamW's float32 arithmetic with subnormals, checked against numpy float32
   (which keeps them): ν = 1e-43 for g = 1e-20 (XLA's float32 flushes it to 0), and ν = 0 only below ~1e-21."""
-  from jaxtrain import losses
   x = np.array([1e-40, 1e-20 ** 2, 3e-45, 1e-46, 1.5, 1e-39 + 1e-45, -7e-42])
-  with losses._precision("float64"):
+  with grokking.precision("float64"):
     np.testing.assert_array_equal(jax.jit(grokking.round_float32)(jnp.asarray(x)), x.astype(np.float32))
   g32 = np.array([1e-3, -1e-10, 1e-20, 0.0, -4e-19, 1e-22], np.float32)
   u, s = _adam_step(grokking.make_optimizer(grokking.config(lr=0.01, b2=0.999, eps=1e-25, opt_dtype="float32_ieee")),
@@ -190,3 +189,37 @@ def test_float32_ieee_adam_keeps_subnormals_as_pytorch():
   np.testing.assert_allclose(u["w"], want, rtol=1e-6)
   np.testing.assert_allclose(u["w"][:5], [-0.01, 0.01, -0.01, 0.0, 0.01], rtol=1e-2)
   assert u["w"][5] == pytest.approx(-1e-22 / 1e-25 * 0.01 * 0.1 / 0.1, rel=1e-3)  # below subnormals: lr·g/ε here too
+
+
+# ---------------------------------------------------------------- a run in a workdir: segments, resume, the CLI
+
+
+def test_run_in_segments_resumes_bit_exact_and_branches(data_dir, tmp_path):
+  """Saved segments join into the uninterrupted history; a lost segment is retrained from the saved state, equal to
+  the bit; a branch continues another run's state; the CLI trains the same run and refuses another config."""
+  import json
+  import os
+
+  from grokking import __main__ as cli
+  common = dict(p=11, output="stablemax", loss_dtype="float64", b2=0.999, steps=12, log_every=2, data_dir=data_dir)
+  whole = grokking.train(grokking.config(**common), verbose=False)
+  w = str(tmp_path / "run")
+  h = grokking.run(grokking.config(**common), w, save_every=4, verbose=False)
+  assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["12.pkl", "4.pkl", "8.pkl"]
+  for k in ("loss", "opt/update_max", "weight_norm"):
+    np.testing.assert_array_equal(h[k], whole[k])
+  assert h["eval"]["step"].tolist() == whole["eval"]["step"].tolist() == [0, 2, 4, 6, 8, 10, 12]
+  os.remove(os.path.join(w, "segments", "12.npz"))  # killed in the last segment
+  again = grokking.run(grokking.config(**common), w, save_every=4, verbose=False)
+  np.testing.assert_array_equal(again["loss"], whole["loss"])
+  np.testing.assert_array_equal(grokking.load_history(w)["eval"]["test_accuracy"], whole["eval"]["test_accuracy"])
+  rows = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10, 12] and rows[-1]["eval_loss"] == h["eval"]["test_loss"][-1]
+  branch = grokking.run(grokking.config(opt_dtype="float64", **common), str(tmp_path / "branch"),
+                        init_from=(w, 8), verbose=False)
+  assert branch["step"].tolist() == [9, 10, 11, 12] and branch["opt/nu_min"].dtype == np.float64
+  flags = [f"--config.{k}={v}" for k, v in common.items()] + ["--save_every=4", "--quiet"]
+  assert cli.main([f"--workdir={tmp_path / 'cli'}", *flags]) == 0
+  np.testing.assert_array_equal(grokking.load_history(str(tmp_path / "cli"))["loss"], whole["loss"])
+  assert cli.main([f"--workdir={tmp_path / 'cli'}", *flags, "--config.lr=0.02"]) == 2  # another run: refused
+  assert cli.main([f"--workdir={tmp_path / 'x'}", "--config.nope=1"]) == 2

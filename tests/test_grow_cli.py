@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import checkpoint, data, grow, growth, sharding, train
+from jaxtrain import checkpoint, data, growth, sharding, train
 from jaxtrain import config as cfg_lib
 from jaxtrain.config import ConfigError
+from jaxtrain.growth import offline
 from jaxtrain.metrics import read_metrics
 from tiny import tiny_config
 
@@ -50,7 +51,7 @@ def test_stack_then_the_trainer_resumes_the_grown_run(source, data_dir, tmp_path
   src_dir, src_config = source
   t = tiny_config(data_dir)
   out = str(tmp_path / "grown")
-  s = grow.grow(src_dir, t, "stack", out, devices=ONE)
+  s = offline.grow(src_dir, t, "stack", out, devices=ONE)
   assert s["ops"] == [["stack", {"g": 2}]] and (s["source_step"], s["step"]) == (SOURCE_STEPS, 0)  # g inferred
   assert np.isfinite(s["eval_loss_before"]) and np.isfinite(s["eval_loss_after"])
   assert s["eval_loss_after"] != s["eval_loss_before"]  # stacking is not function-preserving: two models evaluated
@@ -80,7 +81,7 @@ def test_function_preserving_ops_with_keep_step_and_copy(source, data_dir, tmp_p
                                "model.norm.eps": 1e-6 * 32 / 64, "train.eval_batches": 1,
                                "train.steps": SOURCE_STEPS + 2})
   out = str(tmp_path / "wide")
-  s = grow.grow(src_dir, t, "expand_mlp,expand_d_model", out, keep_step=True, opt="copy", devices=ONE)
+  s = offline.grow(src_dir, t, "expand_mlp,expand_d_model", out, keep_step=True, opt="copy", devices=ONE)
   assert s["ops"] == [["expand_mlp", {"mlp_dim": 96}], ["expand_d_model", {"d_model": 64}]]  # inferred
   assert s["eval_loss_after"] == pytest.approx(s["eval_loss_before"], rel=1e-5)  # the grown model, evaluated
 
@@ -136,7 +137,7 @@ def model(**change):
 
 def resolve(ops, args=None, src=None, **target_change):
   ops = ops.split(",")
-  return grow.resolve(src or model(), model(**target_change), ops, grow.assign_args(ops, args or {}))[0]
+  return offline.resolve(src or model(), model(**target_change), ops, offline.assign_args(ops, args or {}))[0]
 
 
 def test_inferred_arguments():
@@ -184,10 +185,10 @@ def test_bad_operators_and_arguments(ops, args, change, message):
 
 
 def test_bad_arg_literal():
-  assert grow.parse_args(["g=4", "at=[0, 3]", "exact=False"]) == {"g": 4, "at": [0, 3], "exact": False}
+  assert offline.parse_args(["g=4", "at=[0, 3]", "exact=False"]) == {"g": 4, "at": [0, 3], "exact": False}
   for bad, message in (("g", "expected NAME=VALUE"), ("at=[0,", "not a Python literal"), ("=3", "NAME=VALUE")):
     with pytest.raises(ConfigError, match=message):
-      grow.parse_args([bad])
+      offline.parse_args([bad])
 
 
 # ---------------------------------------------------------------- bad input through grow(): nothing written
@@ -196,7 +197,7 @@ def test_bad_arg_literal():
 def _refused(tmp_path, src_dir, t, ops="stack", **kw):
   out = tmp_path / "out"
   with pytest.raises(ConfigError) as e:
-    grow.grow(src_dir, t, ops, str(out), devices=ONE, **kw)
+    offline.grow(src_dir, t, ops, str(out), devices=ONE, **kw)
   assert "\n" not in str(e.value) and not out.exists()  # one line; the workdir not even created
   return str(e.value)
 
@@ -222,5 +223,5 @@ def test_bad_input_is_one_line_and_writes_nothing(source, data_dir, tmp_path):
       tmp_path, src_dir, tiny_config(data_dir, seed=1, **{"train.steps": 30}), keep_step=True)
   # never over a run: the source's own workdir holds checkpoints
   with pytest.raises(ConfigError, match="already holds checkpoints .* use a new --workdir"):
-    grow.grow(src_dir, t, "stack", src_dir, devices=ONE)
+    offline.grow(src_dir, t, "stack", src_dir, devices=ONE)
   assert (sorted(os.listdir(src_dir)), sorted(os.listdir(os.path.join(src_dir, "checkpoints")))) == before

@@ -1,6 +1,9 @@
 """Growth operators: function preservation to float32 rounding, the depth maps, the optimizer state, bad input."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -284,3 +287,14 @@ def test_g_learn_starts_at_g_stack_and_fits_its_operator():
 
   assert loss(learned) < loss(stacked) - 0.05
   assert jax.tree.map(jnp.shape, learned) == jax.tree.map(jnp.shape, stacked)
+
+
+def test_the_package_is_below_the_trainer():
+  """jaxtrain.growth imports neither the trainer nor its offline tool (which imports the trainer): no cycle."""
+  code = ("import sys, jaxtrain.growth as g; "
+          "print(sorted(m for m in sys.modules if m in ('jaxtrain.train', 'jaxtrain.step', 'jaxtrain.growth.offline')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.stdout.strip() == "[]"
+  assert set(growth.__all__) >= {"plan", "Phase", "phase_at", "event_errors", "learn_steps", "grow_state", "total_flops",
+                                 "apply", "op_args", "check", *growth.OPERATORS}

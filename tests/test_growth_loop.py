@@ -1,4 +1,4 @@
-"""Growth mid-run (jaxtrain/growth.py's events, jaxtrain/train.py's loop): the learning-rate policies, the FLOP
+"""Growth mid-run (jaxtrain/growth/events.py, jaxtrain/train.py's loop): the learning-rate policies, the FLOP
 count across events, bad growth events, exact resume across an event, and growth on the 8-device meshes.
 (A SIGKILL after an event, through the CLI: tests/test_train.py::test_exact_resume_after_sigkill_past_a_growth_event.)"""
 
@@ -80,6 +80,20 @@ def test_bad_events_are_one_line_errors(tiny, events, message):
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("fields, message", [
+    (dict(opt="keep"), "growth.opt='keep' is not one of ('reset', 'copy')"),
+    (dict(lr="cosine"), "growth.lr='cosine' is not one of ('restart_warmup', 'continue', 'rewind')"),
+])
+def test_growth_policies_are_checked_by_the_growth_package(tiny, fields, message):
+  """growth.check (run by preflight.validate) and growth.plan both refuse them, with or without events."""
+  for events in ((), ({"step": 5, "op": "stack", "g": 2},)):
+    c = with_events(tiny(), *events, **fields)
+    for check in (growth.check, growth.plan):
+      with pytest.raises(ConfigError) as e:
+        check(c)
+      assert str(e.value) == message
+
+
 def test_a_grown_model_the_mesh_cannot_hold_is_refused_before_anything_is_written(tiny, tmp_path):
   c = with_events(tiny(mesh__data=2, mesh__tensor=4), {"step": 5, "op": "add_heads", "num_heads": 6})
   (tmp_path / "config.json").write_text("{}")  # a previous run's
@@ -142,7 +156,7 @@ def test_growth_on_the_mesh_gives_the_one_device_state(tiny):
   def grown(programs, state):
     state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, programs[0].abstract_state))
     for k in (1, 2, 3):
-      state = train._grow(phases, k, programs, state)
+      state = train.grow(phases, k, programs, state)
     return jax.device_get(state)
 
   single = programs_on(ONE, dict(data=1, fsdp=1, tensor=1))

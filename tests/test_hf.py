@@ -113,7 +113,7 @@ def test_export_matches_jaxtrain_logits_and_greedy_tokens(case, data_dir, tmp_pa
     fields, back = hf.from_hf(json.load(open(os.path.join(out, "config.json"))),
                               load_file(os.path.join(out, "model.safetensors")))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, back)
-    semantics = lambda m: checkpoint._semantics(m.to_dict())  # pylint: disable=protected-access  # sizes resolved
+    semantics = lambda m: checkpoint.semantics(m.to_dict())  # sizes resolved
     assert semantics(import_hf.derive_config(c, fields).model) == semantics(c.model)
 
 

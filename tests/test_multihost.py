@@ -23,7 +23,7 @@ STEPS = 16
 OVERRIDES = {"train.steps": STEPS, "train.log_every": 1, "train.checkpoint_every": 4, "train.eval_every": 8,
              "train.keep_checkpoints": 4, "train.stop_check_every": 2,
              "mesh.data": 1, "mesh.fsdp": 8,  # FSDP over both processes
-             # The model grows at a checkpoint's step (jaxtrain/growth.py), with fresh entries drawn: every run here
+             # The model grows at a checkpoint's step (jaxtrain/growth/), with fresh entries drawn: every run here
              # crosses the event, on both processes alike.
              "growth.events": [{"step": 8, "op": "expand_mlp", "mlp_dim": 128, "opt": "copy"}]}
 

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 from jaxtrain import model, sharding, train
 
 MUS = {"model.parametrization": "mus", "model.norm.placement": "res_post", "model.tie_embeddings": False,
@@ -90,24 +91,24 @@ def test_sp_is_untouched_by_the_mus_fields():
 def test_bad_mus_and_fp8_configs_are_one_line_errors(tiny, change, message):
   c = tiny(**{k.replace(".", "__"): v for k, v in (MUS | change).items()})
   with pytest.raises(cfg_lib.ConfigError, match=message) as e:
-    cfg_lib.validate(c, 1)
+    preflight.validate(c, 1)
   assert "\n" not in str(e.value)
 
 
 def test_fp8_on_tpu_is_refused_before_compiling(tiny):
   c = tiny(model__fp8="static")
-  cfg_lib.validate(c, 1, platform="cpu")
+  preflight.validate(c, 1, platform="cpu")
   with pytest.raises(cfg_lib.ConfigError, match="not on TPU|use none on TPU"):
-    cfg_lib.validate(c, 1, platform="tpu")
+    preflight.validate(c, 1, platform="tpu")
 
 
 def test_fp8_on_a_gpu_without_fp8_gemms_is_refused(tiny):
   c = tiny(model__fp8="delayed")
   for cc in ("8.9", "9.0", "10.0"):  # Ada, Hopper, Blackwell
-    cfg_lib.validate(c, 1, platform="gpu", compute_capability=cc)
+    preflight.validate(c, 1, platform="gpu", compute_capability=cc)
   with pytest.raises(cfg_lib.ConfigError, match=r"compute capability 8.0\) has no FP8 GEMMs"):
-    cfg_lib.validate(c, 1, platform="gpu", compute_capability="8.0")  # A100
-  cfg_lib.validate(tiny(), 1, platform="gpu", compute_capability="8.0")  # no FP8: fine
+    preflight.validate(c, 1, platform="gpu", compute_capability="8.0")  # A100
+  preflight.validate(tiny(), 1, platform="gpu", compute_capability="8.0")  # no FP8: fine
 
 
 # ---------------------------------------------------------------- through the train step

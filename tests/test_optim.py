@@ -8,11 +8,12 @@ import optax
 import pytest
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 from jaxtrain import model, optim, sharding, train
 from jaxtrain.orthograd import project
 
 ONE = jax.devices()[:1]
-ETA, LAM = 2.0**-7, 2.0**-13  # the spec's one-step check (munit_fp8.md §2.4)
+ETA, LAM = 2.0**-7, 2.0**-13  # a one-step check of μS's rules (Table 2) by hand
 
 
 def wide(d, **optim_fields):
@@ -54,15 +55,15 @@ NORMS = ["blocks/attn_norm/scale", "blocks/mlp_norm/scale", "final_norm/scale"]
 @pytest.mark.parametrize("d", [256, 1024])
 def test_mus_one_step_by_hand_at_two_widths(d):
   """Lion, unit gradients, weights 1, η = 2⁻⁷, λ = 2⁻¹³, d_base = 256: hidden weights take η·√(fan_in at 256 /
-  fan_in) and every decayed weight loses λ whatever its rate; norm gains take η and no decay (spec §2.4, exact in
+  fan_in) and every decayed weight loses λ whatever its rate; norm gains take η and no decay (by hand, exact in
   float32)."""
   got = ones_step(wide(d, name="lion", lr_rule="mus", weight_decay_mode="independent"))
   if d == 256:   # the base width: every group takes η, the down projection (fan-in 1024 = its base fan-in) too
     hidden = down = 1 - 2**-7 - 2**-13
-  else:          # fan-in 1024 vs 256 and 4096 vs 1024: η/2 (the spec's "hidden 1 − 2⁻⁸ − 2⁻¹³")
+  else:          # fan-in 1024 vs 256 and 4096 vs 1024: η/2 (by hand: hidden 1 − 2⁻⁸ − 2⁻¹³)
     hidden = down = 1 - 2**-8 - 2**-13
   assert_each(got, {**{k: hidden for k in QKVO_WI}, **{k: down for k in DOWN},
-                    **{k: 1 - 2**-7 - 2**-13 for k in EMBED_HEAD},  # the spec's "other 1 − 2⁻⁷ − 2⁻¹³"
+                    **{k: 1 - 2**-7 - 2**-13 for k in EMBED_HEAD},  # by hand: other 1 − 2⁻⁷ − 2⁻¹³
                     **{k: 1 - 2**-7 for k in NORMS}})
 
 
@@ -153,7 +154,7 @@ def test_applied_learning_rate_is_the_logged_one_after_skipped_steps(tiny):
   the optimizer's own frozen count (step 0: zero) while the log said 3/5 of peak.
   """
   c = tiny(train__on_nonfinite="skip", optim__weight_decay=0.0, optim__clip_norm=0.0)
-  prog = train.build(c, sharding.make_mesh(cfg_lib.validate(c, 1), ONE))
+  prog = train.build(c, sharding.make_mesh(preflight.validate(c, 1), ONE))
   tok = jax.random.randint(jax.random.key(0), (c.train.global_batch, c.data.seq_len + 1), 0, 256)
   batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:]}
   state = prog.init(jax.random.key(0))
@@ -183,7 +184,7 @@ def test_schedule_steps_keeps_the_curve_when_train_steps_grow(tiny):
   np.testing.assert_allclose(lr_long(jnp.arange(100, 200)), 0.1 * short.optim.lr, rtol=1e-6)  # min_lr_ratio · lr
   assert float(lr_reshaped(100)) > 3 * float(lr_short(100))  # without it, the curve is reshaped mid-run
   assert optim.schedule_length(longer) == 100 and optim.schedule_length(reshaped) == 200
-  assert train.build(longer, sharding.make_mesh(cfg_lib.validate(longer, 1), ONE)).lr_schedule(150) == lr_long(150)
+  assert train.build(longer, sharding.make_mesh(preflight.validate(longer, 1), ONE)).lr_schedule(150) == lr_long(150)
 
 
 def test_orthograd_in_the_optimizer_projects_each_parameter(tiny):
@@ -239,12 +240,12 @@ def test_bad_optimizer_settings_are_one_line_errors(tiny, overrides, error):
   for k, v in overrides.items():
     cfg_lib.set_field(c, k, str(v))
   with pytest.raises(cfg_lib.ConfigError, match=error):
-    cfg_lib.validate(c, 1)
+    preflight.validate(c, 1)
 
 
 def test_lion_defaults_and_cli_fields(tiny):
   c = tiny(optim__name="lion")
-  cfg_lib.validate(c, 1)
+  preflight.validate(c, 1)
   assert optim.hyper(c.optim) == {"b1": 0.9, "b2": 0.99}
   assert optim.hyper(tiny().optim) == {"b1": 0.9, "b2": 0.95, "eps": 1e-8}
   assert optim.hyper(tiny(optim__name="lion", optim__b2=0.98).optim)["b2"] == 0.98

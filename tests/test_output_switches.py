@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxtrain import __main__ as cli
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 from jaxtrain import losses, sharding, train
 from jaxtrain.metrics import read_metrics
 
@@ -19,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def program(c):
-  return train.build(c, sharding.make_mesh(cfg_lib.validate(c, 1), jax.devices()[:1]))
+  return train.build(c, sharding.make_mesh(preflight.validate(c, 1), jax.devices()[:1]))
 
 
 def lm_batch(c, seed=0):
@@ -30,7 +31,7 @@ def lm_batch(c, seed=0):
 @pytest.mark.parametrize("output", ["softmax", "stablemax"])
 def test_collapse_metrics_see_the_collapse_the_output_allows(tiny, output):
   """Embeddings blown up 300× make every logit gap huge: softmax collapses, StableMax cannot."""
-  c = tiny(model__output=output)
+  c = tiny(model__output=output, train__collapse_metrics=True)  # else only on the diagnostics step
   prog = program(c)
   state = prog.init(jax.random.key(0))
   _, fresh = prog.train_step(state, lm_batch(c))
@@ -62,11 +63,11 @@ def test_eval_and_train_use_the_configured_loss(tiny):
 
 def test_float64_loss_is_rejected_on_tpu(tiny):
   c = tiny(train__loss_dtype="float64")
-  cfg_lib.validate(c, 1, platform="cpu")
+  preflight.validate(c, 1, platform="cpu")
   with pytest.raises(cfg_lib.ConfigError, match="TPUs have no float64"):
-    cfg_lib.validate(c, 1, platform="tpu")
+    preflight.validate(c, 1, platform="tpu")
   with pytest.raises(cfg_lib.ConfigError, match="model.output='softmin' is not one of"):
-    cfg_lib.validate(tiny(model__output="softmin"), 1)
+    preflight.validate(tiny(model__output="softmin"), 1)
 
 
 def test_lm_stablemax_config_through_the_cli(tmp_path, data_dir):

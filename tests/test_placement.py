@@ -8,9 +8,10 @@ import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import diagnostics, losses, model, placement, sharding, train
+from jaxtrain import preflight
+from jaxtrain import analysis, diagnostics, losses, model, placement, sharding, train
 
-from jaxtrain.config import PLACEMENTS
+from jaxtrain.placement import PLACEMENTS
 
 
 def small(placement_, **kw):
@@ -82,10 +83,10 @@ def test_mix_post_layers_is_checked_against_the_depth(tiny, count, ok):
   c = tiny(model__num_layers=4, model__norm__placement="mix")
   c.model.norm.mix_post_layers = count
   if ok:
-    cfg_lib.validate(c, 1)
+    preflight.validate(c, 1)
   else:
     with pytest.raises(cfg_lib.ConfigError, match=rf"model.norm.mix_post_layers={count} must be in \[0, "):
-      cfg_lib.validate(c, 1)
+      preflight.validate(c, 1)
 
 
 def test_model_reads_mix_post_layers():
@@ -161,10 +162,10 @@ def test_per_layer_grad_norm_and_angular_distance():
   expected = [np.sqrt(np.sum(np.arange(12.0).reshape(3, 4)[l] ** 2) + 4) for l in range(3)]
   np.testing.assert_allclose(diagnostics.per_layer_norm(g), expected, rtol=1e-6)
   a, b = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 1.0]])
-  np.testing.assert_allclose(diagnostics.angular_distance(a, b), [0.25], rtol=1e-6)  # 45° = π/4 -> 1/4
-  np.testing.assert_allclose(diagnostics.angular_distance(a, jnp.zeros((1, 2))), [0.5])  # undefined -> 0.5
+  np.testing.assert_allclose(analysis.angular_distance(a, b), [0.25], rtol=1e-6)  # 45° = π/4 -> 1/4
+  np.testing.assert_allclose(analysis.angular_distance(a, jnp.zeros((1, 2))), [0.5])  # undefined -> 0.5
   states = jax.random.normal(jax.random.key(0), (4, 2, 5, 3))
-  A = diagnostics.angular_distances(states, last_token=False)
+  A = analysis.stream_distances(states, last_token=False)
   s = np.asarray(states)
   cos = (s[0] * s[2]).sum(-1) / np.linalg.norm(s[0], axis=-1) / np.linalg.norm(s[2], axis=-1)
   np.testing.assert_allclose(A[1, 0], np.mean(np.arccos(cos) / np.pi), rtol=1e-5)
@@ -177,17 +178,17 @@ def test_skip_drop_against_removing_the_layer():
   graphdef = model.abstract(m)[0]
   x = np.asarray(jax.random.randint(jax.random.key(4), (2, 9), 0, 64))
   batches = [{"inputs": x[:, :-1], "targets": x[:, 1:]}]
-  base, drop = diagnostics.skip_drop(graphdef, params, batches, 4)
+  base, drop = analysis.layer_skip_drops(graphdef, params, batches, 4)
   # layer 2 removed by hand: a 3-layer model with the other layers' parameters
   m3 = small("pre", num_layers=3)
   p3 = dict(params, blocks=jax.tree.map(lambda a: a[np.array([0, 1, 3])], params["blocks"]))
-  without_2 = diagnostics.eval_loss(model.abstract(m3)[0], p3, batches)
+  without_2 = analysis.eval_loss(model.abstract(m3)[0], p3, batches)
   np.testing.assert_allclose(base + drop[2], without_2, rtol=1e-5)
   assert np.all(drop != 0)
   # The loss is the run's: StableMax in float64 gives the library's StableMax cross-entropy.
   logits = nnx.merge(graphdef, params)(x[:, :-1])
   want = float(losses.stablemax_cross_entropy(logits, x[:, 1:], dtype=jnp.float64).mean())
-  got = diagnostics.eval_loss(graphdef, params, batches, output="stablemax", dtype="float64")
+  got = analysis.eval_loss(graphdef, params, batches, output="stablemax", dtype="float64")
   np.testing.assert_allclose(got, want, rtol=1e-6)
   assert abs(got - base) > 1e-3
 
@@ -227,7 +228,7 @@ def test_diagnostics_over_microbatches_keep_maxima(tiny):
   got = {}
   for m in (1, 2):
     c = tiny(train__microbatches=m)
-    prog = train.build(c, sharding.make_mesh(cfg_lib.validate(c, 1), jax.devices()[:1]))
+    prog = train.build(c, sharding.make_mesh(preflight.validate(c, 1), jax.devices()[:1]))
     _, metrics = prog.diagnostics_step(prog.init(jax.random.key(0)), batch)
     got[m] = jax.device_get(metrics)
   for k in ("layers/resid_max_abs", "layers/attn_max_logit", "loss", "layers/grad_norm"):

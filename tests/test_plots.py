@@ -99,6 +99,45 @@ def test_sweep_marks_diverged_points_at_the_top_or_counts_them_at_the_cap():
   plt.close("all")
 
 
+def test_lr_transfer_and_best_vs_width_draw_each_rule_and_width():
+  pts = [{"d_model": d, "lr": lr, "applied": lr * 32 / d, "final_eval_loss": 3.0 + abs(lr - 0.002) * 100,
+          "status": "ok"} for d in (32, 64) for lr in (0.001, 0.002, 0.004)]
+  axes = plots.lr_transfer({"SP": {"points": pts, "xlabel": "η"}}, (32, 64), plt.subplots(2, 1, squeeze=False)[1])
+  top, bottom = axes[0][0], axes[1][0]
+  assert top.get_title() == "SP: loss vs transferred η" and bottom.get_title() == "SP: loss vs applied hidden η"
+  assert [l.get_label() for l in top.lines if not l.get_label().startswith("_")] == ["d = 32", "d = 64"]
+  assert _xy(bottom.lines[2])[0] == [0.0005, 0.001, 0.002]  # d = 64 in applied η: half the given η
+  assert "d_base = 32" in top.figure.get_suptitle()
+  ax = plots.best_vs_width({"μS": {"widths": [32, 64, 128], "best": [0.1, 0.08, 0.05], "fit": [0.1, 0.07, 0.05],
+                                   "exponent": 0.5, "marker": "o"}})
+  grid, fit, rule = ax.lines
+  assert _xy(grid) == ([32, 64, 128], [0.1, 0.08, 0.05]) and fit.get_linestyle() == ":"
+  assert _xy(rule)[1] == pytest.approx([0.1, 0.1 / 2 ** 0.5, 0.05])  # the rule from the first width: d^-0.5
+  assert ax.xaxis.get_transform().base == 2
+  plt.close("all")
+
+
+def test_fp8_stats_and_health_over_training():
+  rows = [{"step": 1, "loss": 5.0}]
+  for step, u in ((10, 0.1), (20, 0.3)):
+    rows.append({"step": step, **{f"layers/fp8/{l}/{t}_{stat}": [u * (i + 1), u * (i + 1)]
+                                  for i, l in enumerate(("attn.wq", "mlp.down")) for t in "xwg"
+                                  for stat in ("underflow", "saturation", "rms")}})
+  assert plots.fp8_stats(rows[:1], ("attn.wq",)) is None
+  f = plots.fp8_stats(rows, ("attn.wq", "mlp.down", "absent"))
+  assert f["steps"] == [10, 20] and f["g_underflow"] == pytest.approx([0.15, 0.45])  # mean over linears and layers
+  assert f["x_saturation_max"] == pytest.approx([0.2, 0.6]) and f["w_rms_last"] == pytest.approx(
+      {"attn.wq": 0.3, "mlp.down": 0.6})
+  axes = plots.fp8_health({"fp8": {"loss": ([1, 2, 3], [5.0, 4.0, 3.0]), "health": f, "caption": "fp8 run"},
+                           "bf16": {"loss": ([1, 2, 3], [5.0, 4.5, 4.0]), "health": None, "ref": True}}, smooth=1)
+  assert [l.get_label() for l in axes[0].lines] == ["fp8 run", "bf16"] and axes[0].lines[1].get_linestyle() == ":"
+  assert [l.get_label() for l in axes[1].lines] == ["fp8: g (E5M2)", "x (E4M3)", "w (E4M3)"]
+  assert _xy(axes[1].lines[0]) == ([10, 20], pytest.approx([15.0, 45.0]))  # percent
+  assert len(axes[2].lines) == 3 and axes[1].get_yscale() == "symlog"
+  assert {l.get_color() for l in axes[1].lines} == {axes[0].lines[0].get_color()}  # the run's colour
+  plt.close("all")
+
+
 def test_save_writes_and_closes(tmp_path):
   fig, ax = plt.subplots()
   ax.plot([0, 1], [0, 1])

@@ -1,6 +1,6 @@
 """The notebook API (jaxtrain/run.py, sample.py, analysis.py, the lazy `jaxtrain` attributes) against one tiny run
 trained once, by the CLI, on an FSDP×tensor mesh of 8 simulated devices, read back on one device. Also runs every
-example of the README's "In a notebook" section."""
+example of docs/notebooks.md."""
 
 import dataclasses
 import json
@@ -257,9 +257,9 @@ def test_analysis(workdir):
 
 
 def test_readme_examples_run(workdir):
-  """Every python block of the README's "In a notebook" section, in order, against the tiny run."""
-  readme = open(os.path.join(REPO, "README.md")).read()
-  section = readme.split("\n## In a notebook\n")[1].split("\n## ")[0]
+  """Every python block of docs/notebooks.md, in order, against the tiny run."""
+  with open(os.path.join(REPO, "docs", "notebooks.md"), encoding="utf-8") as f:
+    section = f.read()
   blocks = re.findall(r"```python\n(.*?)```", section, re.S)
   assert len(blocks) >= 3
   import matplotlib  # pylint: disable=import-outside-toplevel

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import diagnostics, sharding, train
+from jaxtrain import analysis, sharding, train
 
 
 def batches(c, n, seed=0):
@@ -64,7 +64,7 @@ def test_microbatches_match_full_batch(reference):
   assert f"tensor<2x{c.train.global_batch // 2}x{c.data.seq_len}xi32>" in hlo
   ce_sum, tokens = prog.eval_step(state["params"], sharding.host_to_global(b, prog.mesh))
   assert int(tokens) == c.train.global_batch * c.data.seq_len
-  np.testing.assert_allclose(float(ce_sum / tokens), diagnostics.eval_loss(prog.graphdef, params, [b]), rtol=1e-5)
+  np.testing.assert_allclose(float(ce_sum / tokens), analysis.eval_loss(prog.graphdef, params, [b]), rtol=1e-5)
 
 
 def test_fsdp_divides_parameter_and_optimizer_memory(reference):

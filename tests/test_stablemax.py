@@ -53,7 +53,7 @@ def test_stablemax_probabilities_and_ties():
 
 @pytest.mark.parametrize("gap,expected", [(10, 2.41), (40, 1.32), (1e3, 0.106), (1e6, 1.1e-4)])
 def test_stablemax_loss_decays_like_one_over_gap(gap, expected):
-  # -log((g+1)/(g+1+112)) = log(1 + 112/(g+1)); the spec's measured values at 113 classes.
+  # -log((g+1)/(g+1+112)) = log(1 + 112/(g+1)); expected values at 113 classes (one logit at g, 112 at 0).
   exact = np.log1p((C - 1) / (gap + 1))
   got = stablemax_ce(one_high([gap]), jnp.array([0]), dtype=jnp.float64)
   np.testing.assert_allclose(got, exact, rtol=1e-6)

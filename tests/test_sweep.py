@@ -1,4 +1,5 @@
-"""The sweep runner (jaxtrain/sweep.py, issue 12): grid expansion, naming, the definition check, statuses; signals,
+"""The sweep package (jaxtrain/sweep/, issues 12 and 21): grid expansion, naming, the definition check, statuses;
+the runner over a list of points (another launch module, seeds as an axis, grouping, the point check); signals,
 --parallel and the lock with stand-in points (small scripts, no JAX: fast); and one small sweep of the tiny model
 through the real CLIs: the results table, a diverging point, skipping finished points, a killed sweep resumed."""
 
@@ -190,9 +191,9 @@ def test_parallel_points_get_disjoint_devices(monkeypatch):
   assert [s.env["CUDA_VISIBLE_DEVICES"] for s in sweep.slots(3, log=lambda s: None)] == ["0", "1", "2"]
   one_line_error(sweep.slots, 5, match="exceeds the 4 GPU")
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # then nvidia-smi -L says which GPUs there are
-  monkeypatch.setattr(sweep.shutil, "which", lambda name: "/usr/bin/" + name)
+  monkeypatch.setattr(sweep.runner.shutil, "which", lambda name: "/usr/bin/" + name)
   listing = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)\n"
-  monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listing, ""))
+  monkeypatch.setattr(sweep.runner.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listing, ""))
   assert [s.env for s in sweep.slots(2)] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
   one_line_error(sweep.slots, 2, match="not supported yet")
@@ -212,7 +213,7 @@ def _finish(tmp_path, rc, log_text="", metrics=(), steps=10, forwarded=False, na
   workdir.mkdir()
   (workdir / "log.txt").write_text("=== sweep: an earlier attempt\nold line\n" + log_text)
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-  point = sweep.Point(0, "lr=1", {"optim.lr": 1.0}, ["--config.optim.lr=1"], steps, str(workdir))
+  point = sweep.Point("lr=1", overrides=["optim.lr=1"], values={"optim.lr": 1.0}, steps=steps, workdir=str(workdir))
   offset = len("=== sweep: an earlier attempt\nold line\n")
   return sweep.finish(sweep.Attempt(point, sweep.Slot(), None, offset, time.monotonic()), rc, forwarded)
 
@@ -241,9 +242,9 @@ def test_exit_codes_decide_the_status(tmp_path):
 def test_missing_matplotlib_is_one_line_and_the_tables_are_still_written(tmp_path, monkeypatch):
   config = multihost.config_file(tmp_path, str(tmp_path / "tfds"))
   p = sweep.plan(config, ["optim.lr=1e-3,2e-3"], str(tmp_path))
-  monkeypatch.setattr(sweep, "_has_matplotlib", lambda: False)
+  monkeypatch.setattr(sweep.results, "has_matplotlib", lambda: False)
   said = []
-  reporter = sweep.Reporter(p, str(tmp_path), "lr", log=said.append)
+  reporter = sweep.Reporter(p.points, str(tmp_path), "lr", log=said.append)
   reporter.write({"lr=0.001": {"status": "ok", "final_train_loss": 1.0, "final_eval_loss": 2.0, "steps": 3,
                                "wall_s": 4.0, "error": None}})
   assert said == ["sweep: matplotlib is not installed, so no plot (pip install -e '.[plots]'); the tables are written"]
@@ -257,7 +258,8 @@ def test_plot_x_axis_is_logarithmic_for_geometric_or_wide_positive_values(tmp_pa
   config = multihost.config_file(tmp_path, str(tmp_path / "tfds"))
 
   def log_x(grid, x):
-    return sweep.Reporter(sweep.plan(config, grid, str(tmp_path)), str(tmp_path), x, log=lambda s: None).log_x
+    p = sweep.plan(config, grid, str(tmp_path))
+    return sweep.Reporter(p.points, str(tmp_path), x, log=lambda s: None, geometric=p.geometric).log_x
 
   assert log_x(["optim.lr=1e-3:4e-3:x2"], "lr")  # geometric, however narrow
   assert log_x(["optim.lr=3e-4,1e-3,3e-3,1e-2"], "lr")  # a decade or more, written out
@@ -271,7 +273,7 @@ def test_plot_x_axis_is_logarithmic_for_geometric_or_wide_positive_values(tmp_pa
 DRIVER = """
 import sys
 from jaxtrain import sweep
-sweep.command = lambda plan, point: [sys.executable, "-c", sys.argv[1], point.workdir]
+sweep.runner.command_line = lambda point: [sys.executable, "-c", sys.argv[1], point.workdir]
 sys.exit(sweep.main(sys.argv[2:]))
 """
 POINT = """
@@ -347,6 +349,76 @@ def test_parallel_points_run_at_once_on_disjoint_cores(tmp_path, monkeypatch):
   cpus = [set(map(int, (d / "points" / f"seed={i}" / "cpus").read_text().split())) for i in (0, 1)]
   assert cpus[0] and cpus[1] and not cpus[0] & cpus[1] and cpus[0] | cpus[1] <= os.sched_getaffinity(0)
   assert "2 at a time" in (tmp_path / "out.txt").read_text()
+
+
+# ---------------------------------------------------------------- a list of points (the studies' runner)
+
+# A stand-in trainer: `script WORKDIR EXIT --config.seed=S`: a metrics.jsonl whose loss depends on the seed.
+TRAINER = """
+import json, os, sys
+workdir, code = sys.argv[1], int(sys.argv[2])
+seed = int(next((a.split("=")[1] for a in sys.argv[3:] if a.startswith("--config.seed=")), "0"))
+with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+  f.write(json.dumps({"step": 1, "loss": 5.0}) + "\\n")
+  f.write(json.dumps({"step": 2, "loss": 4.0 + seed, "eval_loss": 4.5 + seed}) + "\\n")
+print("jaxtrain: error: a bad config" if code == 2 else "done")
+sys.exit(code)
+"""
+
+
+def _points(code_a=0, code_b=3):
+  return [sweep.Point("a", values={"kind": "a"}, command=[sys.executable, "-c", TRAINER, "{workdir}", str(code_a)]),
+          sweep.Point("b", values={"kind": "b"}, command=[sys.executable, "-c", TRAINER, "{workdir}", str(code_b)])]
+
+
+def test_a_list_of_points_runs_with_seeds_as_an_axis_and_groups_over_them(tmp_path):
+  d = str(tmp_path / "study")
+  points = sweep.with_seeds(_points(), [0, 1, 2])
+  assert [p.name for p in points] == [f"{k},seed={s}" for k in "ab" for s in (0, 1, 2)]
+  rows = sweep.run_points(points, d, log=lambda s: None)
+  assert [(r["name"], r["status"]) for r in rows] == [(p.name, "ok" if p.name < "b" else "diverged") for p in points]
+  assert [r["final_eval_loss"] for r in rows[:3]] == [4.5, 5.5, 6.5] and rows[0]["values"] == {"kind": "a", "seed": 0}
+  assert all(r["started"] and r["finished"] and r["workdir"] == os.path.join(d, "points", r["name"]) for r in rows)
+  table = list(csv.DictReader(open(os.path.join(d, "results.csv"))))
+  assert [(r["kind"], r["seed"], r["status"]) for r in table][:2] == [("a", "0", "ok"), ("a", "1", "ok")]
+  assert sweep.value(rows[1], "seed") == 1 and sweep.value(rows[1], "kind") == "a"
+  with pytest.raises(KeyError, match="lr is not among"):
+    sweep.value(rows[1], "lr")
+  groups = sweep.group(sweep.read_results(d), over="seed")
+  assert [(g, [r["values"]["seed"] for r in rs]) for g, rs in groups] == [({"kind": "a"}, [0, 1, 2]),
+                                                                         ({"kind": "b"}, [0, 1, 2])]
+  # A rerun skips the finished points; a new point may join; a changed launch under an old name is refused.
+  said = []
+  more = points + [sweep.Point("c", values={"kind": "c"}, command=[sys.executable, "-c", TRAINER, "{workdir}", "2"])]
+  rows = sweep.run_points(more, d, log=said.append)
+  assert said[0].endswith("7 points, 6 finished, 1 to run") and rows[-1]["status"] == "error"
+  assert [r["name"] for r in sweep.read_results(d)] == [p.name for p in more]  # in the list's order
+  assert rows[-1]["error"] == "jaxtrain: error: a bad config"
+  changed = sweep.with_seeds(_points(code_a=1), [0, 1, 2])
+  one_line_error(sweep.run_points, changed, d, log=lambda s: None, match=r"points/a,seed=0 holds another run")
+  one_line_error(sweep.run_points, [points[0], points[0]], d, log=lambda s: None, match="two points are named")
+  one_line_error(sweep.with_seeds, points, [3], match="seed is set already")
+  # A study's --seeds N: one seed keeps each point as it is (its name, its config's seed), several are with_seeds.
+  assert sweep.study_seeds(1) == [None] and sweep.study_seeds(3) == [0, 1, 2]
+  one_line_error(sweep.study_seeds, 0, match="--seeds 0: give 1 or more")
+  assert sweep.seeded(_points(), 1) == _points()
+  assert [(p.name, p.values) for p in sweep.seeded(_points(), 2)] == [
+      (sweep.seed_name(k, s), {"kind": k, "seed": s}) for k in "ab" for s in (0, 1)]
+  assert sweep.seed_name("a", None) == "a" and sweep.seed_name("a", 1) == "a,seed=1"
+
+
+def test_a_point_names_its_launch_module_or_command(tmp_path):
+  p = sweep.Point("x", config="cfg.py:arg", overrides=["seed=1"], module="grokking", workdir="/w/points/x")
+  assert sweep.command_line(p) == [sys.executable, "-m", "grokking", "--config=cfg.py:arg", "--workdir=/w/points/x",
+                                   "--config.seed=1"]
+  p = sweep.Point("x", overrides=["seed=1"], command=["trainer", "--out={workdir}/o"], workdir="/w/points/x")
+  assert sweep.command_line(p) == ["trainer", "--out=/w/points/x/o", "--config.seed=1"]
+  p = sweep.grid_points(multihost.config_file(tmp_path, str(tmp_path / "tfds")), ["seed=0,1"], ["train.steps=3"])
+  assert [(q.name, q.values, q.overrides, q.module, q.steps) for q in p] == [
+      ("seed=0", {"seed": 0}, ["train.steps=3", "seed=0"], "jaxtrain", 3),
+      ("seed=1", {"seed": 1}, ["train.steps=3", "seed=1"], "jaxtrain", 3)]
+  assert sweep.status_of(0) == "ok" and sweep.status_of(3) == "diverged" and sweep.status_of(2) == "error"
+  assert sweep.status_of(1) == sweep.status_of(-9) == "failed"
 
 
 # ---------------------------------------------------------------- a real sweep of the tiny model

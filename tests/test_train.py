@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import preflight
 from jaxtrain import checkpoint, sharding, train
+from jaxtrain import step as step_lib
 from jaxtrain.metrics import MetricWriter, read_metrics
 
 ONE = jax.devices()[:1]
@@ -42,6 +44,18 @@ def test_workdir_layout_and_metrics(tiny, tmp_path):
   assert eval_rows[-1]["eval_loss"] == pytest.approx(summary["final_eval_loss"])
   assert os.listdir(tmp_path / "tensorboard")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+
+
+def test_collapse_metrics_come_with_the_diagnostics_step(tiny, tmp_path):
+  """The plain step leaves out the collapse metrics; the diagnostics step (steps 7 and 14) adds them and its
+  per-layer lines, and a log window that mixes both kinds of step averages each metric over the steps that have it."""
+  train.train(tiny(train__steps=20, train__diagnostics_every=7), str(tmp_path), devices=ONE)
+  rows = read_metrics(str(tmp_path))
+  train_rows = {r["step"]: r for r in rows if "loss" in r}
+  assert [s for s, r in train_rows.items() if "sc_fraction" in r] == [10, 15]
+  assert all({"zero_loss_fraction", "grad_weight_cos"} <= set(train_rows[s]) for s in (10, 15))
+  assert [r["step"] for r in rows if "layers/grad_norm" in r] == [7, 14]
+  assert all(np.isfinite(r["loss"]) for r in train_rows.values())
 
 
 def _config_file(tmp_path, data_dir, **overrides):
@@ -99,7 +113,7 @@ def killed_and_resumed(tmp_path, data_dir, steps, after_step=0, **overrides):
 
 @pytest.mark.slow
 def test_exact_resume_after_sigkill_past_a_growth_event(tmp_path, data_dir):
-  """Killed after the model grew (G_stack at step 20, jaxtrain/growth.py): the resume restores the grown model."""
+  """Killed after the model grew (G_stack at step 20, jaxtrain/growth/): the resume restores the grown model."""
   ref, got = killed_and_resumed(tmp_path, data_dir, 300, after_step=30,
                                 **{"growth.events": [{"step": 20, "op": "stack", "g": 2}]})
   assert sorted(got) == list(range(1, 301))
@@ -171,7 +185,7 @@ def test_skip_mode_skips_bad_updates(tiny, tmp_path):
 def test_skip_mode_keeps_parameters_and_optimizer_state(tiny):
   """A non-finite step under on_nonfinite=skip changes neither parameters nor optimizer state."""
   c = tiny(train__on_nonfinite="skip")
-  prog = train.build(c, sharding.make_mesh(cfg_lib.validate(c, 1), ONE))
+  prog = train.build(c, sharding.make_mesh(preflight.validate(c, 1), ONE))
   tok = jax.random.randint(jax.random.key(0), (c.train.global_batch, c.data.seq_len + 1), 0, 256)
   batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:]}
   state, _ = prog.train_step(prog.init(jax.random.key(0)), batch)  # a real step: Adam's moments are nonzero
@@ -355,9 +369,9 @@ def test_evaluation_keeps_a_bounded_number_of_steps_in_flight():
     most.append(len(queued))
     return np.array([2.0 * batch, 4.0]).view(Result)
 
-  out = train.evaluate_batches(eval_step, None, list(range(64)))
+  out = step_lib.evaluate_batches(eval_step, None, list(range(64)))
   assert out["eval_loss"] == pytest.approx(sum(2.0 * b for b in range(64)) / (4.0 * 64))
-  assert max(most) == train.EVAL_IN_FLIGHT
+  assert max(most) == step_lib.EVAL_IN_FLIGHT
 
 
 def test_bfloat16_compute_tracks_float32_with_float32_logits(tiny):

@@ -1,7 +1,7 @@
 """The growth study's runs: one target model, grown into (or trained from scratch) at one total FLOP budget.
 
-  python -m jaxtrain --config=experiments/growth/config.py:cpu,scratch --workdir=runs/growth_cpu/scratch
-  python -m jaxtrain --config=experiments/growth/config.py:cpu,stack4_x25 --workdir=runs/growth_cpu/stack4_x25
+  python -m jaxtrain --config=experiments/growth/config.py:cpu,scratch --workdir=runs/growth_cpu/points/scratch
+  python -m jaxtrain --config=experiments/growth/config.py:cpu,stack4_x25 --workdir=runs/growth_cpu/points/stack4_x25
   python -m jaxtrain --config=experiments/growth/config.py:tiny,width_x25 --workdir=/tmp/g/width_x25
 
 The argument is `<size>,<run>` (size `cpu` (default), `tiny` or `gpu`; run a name in RUNS). Every run ends at the
@@ -11,10 +11,10 @@ base's share of the scratch run's tokens, the paper's d/D), then the target for 
 pay for, so it takes more steps (and sees more tokens) than the scratch run, its early steps being cheaper.
 
 Growth happens mid-run (config.growth.events): at the end of step b the trainer saves the base, applies the
-operator, and trains on with the same data stream. Policies (growth.md §4): a fresh AdamW (`opt=reset`) and a new
-linear warmup to the scratch run's peak, then cosine over the rest of the run (`lr=restart_warmup`), the official
-G_stack code's; one learning rate for base, target and scratch (the project's default config's 3e-3 on CPU),
-not tuned per run.
+operator, and trains on with the same data stream. Policies: a fresh AdamW (`opt=reset`) and a new linear warmup
+to the scratch run's peak, then cosine over the rest of the run (`lr=restart_warmup`), as in G_stack's official code
+(tongxuluo/prts: pretrain/run_pretrain.py, g_stack.sh); one learning rate for base, target and scratch (the
+project's default config's 3e-3 on CPU), not tuned per run.
 """
 
 from __future__ import annotations
@@ -55,6 +55,28 @@ RUNS = {
 }
 # The order the study runs them in: the core comparison first, then the rest of the d/D sweep and g = 2.
 CORE = ("scratch", "stack4_x25", "zero4_x25", "random4_x25", "width_x25", "stack4_x50", "stack4_x10", "stack2_x25")
+# How the report and the plot name and colour each run.
+LABELS = {
+    "scratch": "scratch (target)",
+    "stack4_x10": "G_stack g=4, d/D=10%", "stack4_x25": "G_stack g=4, d/D=25%", "stack4_x50": "G_stack g=4, d/D=50%",
+    "stack2_x25": "G_stack g=2, d/D=25%", "zero4_x25": "G↑zero g=4, d/D=25%", "random4_x25": "G↑random, d/D=25%",
+    "width_x25": "width FP (Gesmundo), d/D=25%", "stack4_x25_copy": "G_stack g=4, d/D=25%, opt=copy, lr=continue",
+}
+COLORS = {"scratch": "black", "stack4_x10": "#9ecae1", "stack4_x25": "#3182bd", "stack4_x50": "#08306b",
+          "stack2_x25": "tab:purple", "zero4_x25": "tab:green", "random4_x25": "tab:red", "width_x25": "tab:orange",
+          "stack4_x25_copy": "tab:cyan"}
+
+# The paper's claims the report checks (run.py computes each verdict from the measurements).
+CLAIMS = {
+    "stack": "G_stack (g=4) beats scratch at equal FLOPs, base included (§1.7.1; 1.1B: +49.1%, 7B: +54.6%)",
+    "zero": "G↑zero ≈ G_stack > scratch (1.1B: +46.6% vs +49.1%)",
+    "random": "G↑random is worse than scratch (1.1B: −25.7%)",
+    "width": "Width growth is ≈ or worse than scratch (1.1B: G→direct −0.7%, G→zero −17.9%, G→random −13.8%)",
+    "isoflop": "An interior optimum in d (IsoFLOP valley; §1.7.4)",
+    "g": "g = 4 is the best growth factor (the paper's g among {2, 4, 8})",
+    "fp": "G_stack is not function-preserving: the loss jumps up at the event; the FP operators (G↑zero, the width "
+          "path) leave it unchanged",
+}
 
 
 def _base(s) -> ml_collections.ConfigDict:
@@ -66,7 +88,8 @@ def _base(s) -> ml_collections.ConfigDict:
                  eval_batches=s["eval_batches"], checkpoint_every=5 * s["eval_every"], progress="log",
                  peak_flops=0.0 if s["dtype"] == "bfloat16" else 3e10)  # CPU: skip the peak measurement (MFU unused)
   c.optim.update(lr=s["lr"], warmup_steps=s["warmup"], schedule="cosine")
-  c.growth.update(opt="reset", lr="restart_warmup", warmup_steps=-1, peak_lr=0.0)  # G_stack's code (growth.md §4)
+  # G_stack's code (tongxuluo/prts: pretrain/run_pretrain.py, g_stack.sh)
+  c.growth.update(opt="reset", lr="restart_warmup", warmup_steps=-1, peak_lr=0.0)
   return c
 
 

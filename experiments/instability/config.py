@@ -7,7 +7,7 @@ The argument is the width d_model (default 64, a multiple of 32): num_heads =
 d_model/32, and the init std is 1/√d_model.
 
 As in "Small-scale proxies for large-scale Transformer training instabilities"
-(Wortsman et al., ICLR 2024; arXiv 2309.14322, §2; ln_stablemax.md §5): a
+(Wortsman et al., ICLR 2024; arXiv 2309.14322, §2): a
 decoder-only pre-LN transformer with LayerNorm (eps 1e-6), RoPE, an untied LM
 head, a GELU MLP of 4d, no biases in any matmul; AdamW β=(0.9, 0.95), ε 1e-8,
 global-norm clipping at 1, independent weight decay 1e-4 (p ·= 1 − λ·s(t), not

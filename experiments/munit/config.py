@@ -17,6 +17,8 @@ SP's and μS's gradient scales). λ = 2⁻¹³ (fully decoupled: the per-step sh
 paper also halves SP's λ when it transfers (λ_new = 0.5·λ_base); we keep λ fixed and sweep only η.
 """
 
+import math
+
 from jaxtrain.config import ConfigError, base
 
 # size: (d_base = smallest width, head_dim, layers, seq_len, batch, steps, eval_batches, compute dtype)
@@ -28,6 +30,51 @@ SIZES = {
     "gpu": dict(d_base=256, head_dim=64, layers=4, seq_len=512, batch=32, steps=2000, eval_batches=32,
                 dtype="bfloat16"),
 }
+
+# The study (run.py) per size: its widths (d_base = the first), head_dim (heads = width/head_dim), η grids per rule
+# (LO:HI:x2 of `optim.lr`, the rate at d_base), the FP8 runs' width and diagnostics interval.
+STUDY = {
+    # η grids centred on single timed pilots at widths 32 and 256 (μS best near 2^-4, SP near 2^-9 at both).
+    "cpu": dict(widths=(32, 64, 128, 256), head_dim=16, lr={"mus": (2**-6, 2**-2), "sp": (2**-11, 2**-8)},
+                fp8_width=128, diagnostics_every=20),
+    "smoke": dict(widths=(16, 32), head_dim=8, lr={"mus": (2**-5, 2**-4), "sp": (2**-9, 2**-8)},
+                  fp8_width=16, diagnostics_every=5),
+    "gpu": dict(widths=(256, 512, 1024, 2048), head_dim=64, lr={"mus": (2**-9, 2**-1), "sp": (2**-15, 2**-7)},
+                fp8_width=1024, diagnostics_every=100),
+}
+# Composer's amp_fp8 DelayedScaling(amax_history_len=16) (composer/core/precision.py): the paper's probable TE
+# baseline (the paper does not print its TE recipe).
+FP8_HISTORY = 16
+# The FP8 runs: (key, parametrization, label, overrides beyond width and η), in the order they run: part 2, part 3.
+FP8_RUNS = (
+    ("mus_static", "mus", "μS, static FP8 (S = N·d)", ["model.fp8=static"]),
+    ("sp_delayed", "sp", f"SP, delayed FP8 (history {FP8_HISTORY})", ["model.fp8=delayed"]),
+    ("mus_none", "mus", "μS, no FP8", ["model.fp8=none"]),
+    ("sp_none", "sp", "SP, no FP8", ["model.fp8=none"]),
+    ("sp_static_s1", "sp", "SP, static FP8, no scaling (S = 1)", ["model.fp8=static", "model.fp8_grad_scale=1"]),
+    ("mus_static_s1", "mus", "μS, static FP8, S = 1", ["model.fp8=static", "model.fp8_grad_scale=1"]),
+    ("sp_static_auto", "sp", "SP, static FP8, S = N", ["model.fp8=static"]),
+)
+# The paper's claims the report checks (run.py computes each verdict from the measurements).
+CLAIMS = {
+    "mus_transfer": "μS: optimal η stable across widths 256→8192 (32×) (§3.1, Fig. 6)",
+    "sp_transfer": "SP: η* decreases as the inverse of the width (§3.1, Fig. 6)",
+    "quality": "μS reaches equal or better quality than SP (Table 5, 1B-13B)",
+    "mus_fp8": "μS trains in FP8 with static scales to the loss of its BF16 twin (Fig. 7, 1B-13B)",
+    "sp_fp8": "SP trains in FP8 with TE's delayed scaling at 1B-7B; at 13B it spikes and does not converge (Fig. 7)",
+    "sp_static_s1": "SP cannot use static FP8 without scales (the premise of μS; the paper shows no such run: spec "
+                    "§3.4)",
+    "mus_static_s1": "(no claim: control) μS without a static gradient scale",
+    "mus_static": "μS: weights, activations and gradients cast to FP8 directly, no dynamic scaling (§3.3)",
+    "gelu": "GELU's FFN-down input underflows FP8 heavily during unit-scaled training: up to 30% (A.7)",
+}
+PART2 = ("mus_static", "mus_none", "sp_delayed", "sp_none")
+PART3 = ("sp_static_s1", "sp_static_auto", "mus_static_s1")
+
+
+def applied(param: str, lr: float, d_model: int, d_base: int) -> float:
+  """The learning rate the hidden matrices get under `optim.lr_rule`: μS η·√(d_base/d), SP η·d_base/d."""
+  return lr * (math.sqrt(d_base / d_model) if param == "mus" else d_base / d_model)
 
 
 def get_config(arg="mus"):

@@ -7,9 +7,10 @@ The argument is `<placement>[,gpu]`: placement in pre|post|mix|peri|lns|res_post
 `gpu` selects the larger model (24 layers, d_model 256, bfloat16 compute).
 The CPU size (12 layers, d_model 64, 400 steps of 16×128 bytes) is what fits
 five runs in well under an hour on a 2-core CPU.
-Following the papers' code (ln_stablemax.md §1.3, §3.2): Adam with no weight
-decay, no gradient clipping, plain N(0, 0.02) init (no depth-scaled init, which
-weakens LNS), warmup 10% then cosine to 10% of the peak.
+Following the papers' code (pixeli99/MixLN scripts/run_*.sh and torchrun_main.py;
+lmsdss/LayerNorm-Scaling, whose README warns against scaled init with LNS): Adam
+with no weight decay, no gradient clipping, plain N(0, 0.02) init (no
+depth-scaled init, which weakens LNS), warmup 10% then cosine to 10% of the peak.
 """
 
 from jaxtrain.config import ConfigError, base

@@ -2,168 +2,105 @@
 
   python experiments/norm_placement/run.py --out experiments/norm_placement/results
   python experiments/norm_placement/run.py --size gpu --out runs/norm_placement_gpu   # on a GPU
+  python experiments/norm_placement/run.py --report-only                              # from results/summary.json
 
-Each placement trains the config in `config.py` (same data, seed and budget) in
-`<out>/runs/<placement>` (rerunning resumes or reuses finished runs). Then, on
-each final checkpoint, it measures the angular distance between layers' inputs
-and the validation-loss increase when each layer is skipped, and writes
-`<out>/report.md` with PNG plots. The checks against the papers' claims are
-computed from the measurements, not written in advance.
+Each placement trains the config in `config.py` (same data, seed and budget) as a point of `jaxtrain.sweep`'s
+runner, `python -m jaxtrain` in `<out>/runs/points/<placement>` (rerunning resumes or skips finished runs). Then,
+on each final checkpoint, it measures the angular distance between layers' inputs and the validation-loss
+increase when each layer is skipped (`measure.py`), keeps the numbers in `<out>/summary.json` and writes
+`<out>/report.md` with PNG plots. `--report-only` rebuilds report.md from summary.json alone (the plots need the
+runs). The checks against the papers' claims are computed from the measurements, not written in advance.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
 
-import jax
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
-from jaxtrain import config as cfg_lib  # noqa: E402
-from jaxtrain import data, diagnostics, sharding, train  # noqa: E402
-from jaxtrain import plots as jplots  # noqa: E402
-from jaxtrain.checkpoint import Checkpointer  # noqa: E402
-from jaxtrain.metrics import read_metrics  # noqa: E402
+from jaxtrain import report, sweep  # noqa: E402
 
 PLACEMENTS = ("pre", "post", "mix", "peri", "lns")
 NAMES = {"pre": "Pre-LN", "post": "Post-LN", "mix": "Mix-LN", "peri": "Peri-LN", "lns": "LNS"}
-# C4 validation perplexity of LLaMA-130M (12 layers), as published (ln_stablemax.md §1.4, §2.1, §3.4).
+# C4 validation perplexity of LLaMA-130M (12 layers), as published: Mix-LN (arXiv 2412.13795 v1, Table 1), Peri-LN
+# (arXiv 2502.02732), LNS (arXiv 2502.05795, Table 1; lmsdss/LayerNorm-Scaling images/results.png).
 PAPER_PPL_130M = {"pre": 26.73, "post": 26.95, "mix": 26.07, "peri": "26.51 (Sandwich-LN)", "lns": 25.76}
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
+CONFIG = os.path.join(HERE, "config.py")
 
 
-def load_config(placement, args):
-  """The study's config for one placement; --steps rescales the step-based intervals with it."""
-  overrides = []
-  if args.steps:
-    overrides = [f"train.steps={args.steps}", f"optim.warmup_steps={max(1, args.steps // 10)}",
-                 f"train.diagnostics_every={max(1, args.steps // 10)}", f"train.eval_every={max(1, args.steps // 4)}"]
-  return cfg_lib.load(f"{CONFIG}:{placement}" + (",gpu" if args.size == "gpu" else ""), overrides)
-
-
-def train_all(args):
-  for p in args.placements:
-    config = load_config(p, args)
-    workdir = os.path.join(args.out, "runs", p)
-    t0 = time.time()
-    try:
-      summary = train.train(config, workdir)
-      status = "finished"
-    except train.NonFiniteError as e:  # a diverging placement is a result, not a crash
-      summary, status = {"error": str(e)}, "diverged"
-    with open(os.path.join(workdir, "study_status.json"), "w") as f:
-      json.dump({"status": status, "seconds": time.time() - t0, **summary}, f)
-    print(f"{p}: {status} in {time.time() - t0:.0f} s", flush=True)
-
-
-def analyse(p, args):
-  """Per-layer measurements of one placement's final checkpoint and its metrics."""
-  workdir = os.path.join(args.out, "runs", p)
-  config = load_config(p, args)
-  rows = read_metrics(workdir)
-  status = json.load(open(os.path.join(workdir, "study_status.json")))
-  out = {"placement": p, "status": status["status"], "seconds": status["seconds"],
-         "eval": [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r],
-         "diag": [r for r in rows if "layers/grad_norm" in r]}
-  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  prog = train.build(config, mesh)
-  restored = Checkpointer(os.path.join(workdir, "checkpoints"), keep=99).restore_latest(
-      prog.abstract_state, config.model.to_dict())
-  params = restored[0]["params"]
-  kw = dict(seq_len=config.data.seq_len, global_batch=config.train.global_batch)
-  batches = data.eval_batches(config.data, num_batches=config.train.eval_batches, **kw)
-  states = diagnostics.residual_states(prog.graphdef, params, batches[0]["inputs"])
-  out["angular_last"] = diagnostics.angular_distances(states, last_token=True)
-  out["angular_all"] = diagnostics.angular_distances(states, last_token=False)
-  out["final_loss"], out["skip_drop"] = diagnostics.skip_drop(
-      prog.graphdef, params, batches, config.model.num_layers,
-      output=config.model.output, dtype=config.train.loss_dtype)
-  out["step"] = restored[2]
-  return out
+def train_and_measure(args):
+  """Trains every placement through the runner (resuming), then measures each finished run's final checkpoint."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import measure  # pylint: disable=import-outside-toplevel  (this study's measurements: JAX)
+  t0, load0 = time.time(), os.getloadavg()[0]
+  configs = {p: measure.load_config(CONFIG, p, args.size, args.steps) for p in args.placements}
+  points = [sweep.Point(name=p, config=spec, overrides=overrides, values={"placement": p}, steps=c.train.steps)
+            for p, (spec, overrides, c) in configs.items()]
+  try:
+    rows = sweep.run_points(sweep.with_seeds(points, args.seeds), os.path.join(args.out, "runs"))
+  except sweep.Interrupted as e:
+    sys.exit(f"stopped by {e}: rerun the same command to resume, or --report-only to report what finished")
+  results = [measure.analyse(row, configs[row["values"]["placement"]][2]) for row in rows
+             if row["status"] in ("ok", "diverged")]
+  meta = report.meta(t0, load0, 1, date_day=time.strftime("%Y-%m-%d"), device=jax.devices()[0].device_kind,
+                     devices=jax.device_count(), cpus=os.cpu_count(), size=args.size)
+  return meta, {"seeds": args.seeds, "runs": [measure.measurement(r) for r in results]}, results
 
 
 # ---------------------------------------------------------------- report
 
 
-def plots(results, out_dir):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  import pandas as pd  # pylint: disable=import-outside-toplevel
-
-  diag = {NAMES[r["placement"]]: pd.DataFrame(r["diag"]) for r in results if r["diag"]}
-
-  def per_layer(key, fname, title, step=None):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    jplots.by_depth(diag, key, ax, step=step, logy=True, ylabel="", title=title)
-    jplots.save(fig, os.path.join(out_dir, fname))
-
-  per_layer("layers/grad_norm", "grad_norm_early.png", "per-layer gradient norm, first diagnostics step", step="first")
-  per_layer("layers/grad_norm", "grad_norm_final.png", "per-layer gradient norm, last diagnostics step")
-  per_layer("layers/resid_var", "resid_var.png", "residual-stream variance after each block (last diagnostics step)")
-  per_layer("layers/resid_max_abs", "resid_max_abs.png", "max |activation| after each block")
-
-  fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), squeeze=False)
-  for ax, r in zip(axes[0], results):
-    jplots.heatmap(r["angular_last"], ax=ax, normalize="row", colorbar=False, title=NAMES[r["placement"]],
-                   xlabel="layer ℓ", ylabel="n (block size)")
-  fig.suptitle("angular distance d(x^ℓ, x^(ℓ+n)), last token, each row min-max scaled")
-  jplots.save(fig, os.path.join(out_dir, "angular_distance.png"))
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  jplots.by_depth({NAMES[r["placement"]]: r["skip_drop"] for r in results}, ax=ax, xlabel="skipped layer",
-                  ylabel="validation-loss increase", title="skip-one-layer drop")
-  ax.set_yscale("symlog")
-  jplots.save(fig, os.path.join(out_dir, "skip_drop.png"))
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  jplots.curves({NAMES[r["placement"]]: tuple(zip(*r["eval"])) if r["eval"] else ((), ()) for r in results}, ax=ax,
-                marker="o", ms=3, xlabel="step", ylabel="validation loss", title="validation loss")
-  jplots.save(fig, os.path.join(out_dir, "eval_loss.png"))
+def mean_over_seeds(runs):
+  """One entry per placement (in run order) for the claims: its numbers' means over the seeds (lists elementwise),
+  "finished" and with diagnostics only if every seed's is; each number's values over the seeds under "seeds"."""
+  by = {}
+  for r in runs:
+    by.setdefault(r["placement"], []).append(r)
+  out = []
+  for p, rs in by.items():
+    mean = {k: (rs[0][k] if len(rs) == 1 else [report.mean_spread(x)[0] for x in zip(*(r[k] for r in rs))]
+                if isinstance(rs[0][k], list) else report.mean_spread([r.get(k) for r in rs])[0])
+            for k in rs[0] if k not in ("placement", "status", "step", "diagnostics", "seed", "grad_early_step")}
+    mean |= {"grad_early_step": rs[0]["grad_early_step"]} if "grad_early_step" in rs[0] else {}
+    out.append(mean | {"placement": p, "step": rs[0]["step"], "diagnostics": all(r["diagnostics"] for r in rs),
+                       "status": "/".join(dict.fromkeys(r["status"] for r in rs)),
+                       "seeds": {k: [r[k] for r in rs] for k in ("final_loss", "final_ppl", "seconds")}})
+  return out
 
 
 def checks(by):
   """The papers' claims, each checked against our measurements: (claim, verdict, evidence)."""
   out = []
 
-  def last_diag(p, key):
-    return np.asarray(by[p]["diag"][-1][key]) if p in by and by[p]["diag"] else None
-
   def ok(p):
-    return p in by and by[p]["status"] == "finished" and bool(by[p]["diag"])
+    return p in by and by[p]["status"] == "finished" and by[p]["diagnostics"]
 
   if ok("pre") and ok("lns"):
-    pre, lns = last_diag("pre", "layers/resid_var"), last_diag("lns", "layers/resid_var")
-    grows = pre[-1] > 2 * pre[0]
-    contained = lns[-1] / lns[0] < pre[-1] / pre[0]
+    pre, lns = by["pre"]["resid_var_growth"], by["lns"]["resid_var_growth"]
     out.append(("Pre-LN's residual variance grows with depth; LNS keeps the growth in check",
-                "agrees" if grows and contained else "does not agree",
-                f"variance last/first layer: Pre-LN {pre[-1] / pre[0]:.1f}×, LNS {lns[-1] / lns[0]:.1f}×"))
-    g_pre = [np.asarray(r["layers/grad_norm"]) for r in by["pre"]["diag"][:1]][0]
-    shrink = g_pre[-1] < g_pre[0]
+                "agrees" if pre > 2 and lns < pre else "does not agree",
+                f"variance last/first layer: Pre-LN {pre:.1f}×, LNS {lns:.1f}×"))
+    g = by["pre"]["grad_early_ratio"]
     out.append(("Pre-LN's deep layers get smaller gradients (early in training)",
-                "agrees" if shrink else "does not agree",
-                f"Pre-LN grad norm layer L / layer 1 at step {by['pre']['diag'][0]['step']}: {g_pre[-1] / g_pre[0]:.2f}"))
+                "agrees" if g < 1 else "does not agree",
+                f"Pre-LN grad norm layer L / layer 1 at step {by['pre']['grad_early_step']}: {g:.2f}"))
   if ok("pre") and ok("mix"):
-    cv = {p: float(np.std(g) / np.mean(g)) for p in ("pre", "mix")
-          for g in [np.mean([r["layers/grad_norm"] for r in by[p]["diag"]], axis=0)]}
+    cv = {p: by[p]["grad_cv"] for p in ("pre", "mix")}
     out.append(("Mix-LN's per-layer gradient norms are more uniform than Pre-LN's",
                 "agrees" if cv["mix"] < cv["pre"] else "does not agree",
                 f"coefficient of variation over layers (mean over diagnostics steps): Pre-LN {cv['pre']:.2f}, Mix-LN {cv['mix']:.2f}"))
-    out.append(("Mix-LN reaches a lower perplexity than Pre-LN",
-                "agrees" if by["mix"]["final_loss"] < by["pre"]["final_loss"] else "does not agree",
-                f"final validation perplexity: Pre-LN {np.exp(by['pre']['final_loss']):.3f}, Mix-LN {np.exp(by['mix']['final_loss']):.3f}"))
-  if ok("pre") and ok("lns"):
-    out.append(("LNS reaches a lower perplexity than Pre-LN",
-                "agrees" if by["lns"]["final_loss"] < by["pre"]["final_loss"] else "does not agree",
-                f"final validation perplexity: Pre-LN {np.exp(by['pre']['final_loss']):.3f}, LNS {np.exp(by['lns']['final_loss']):.3f}"))
+  for p in ("mix", "lns"):
+    if ok("pre") and ok(p):
+      out.append((f"{NAMES[p]} reaches a lower perplexity than Pre-LN",
+                  "agrees" if by[p]["final_loss"] < by["pre"]["final_loss"] else "does not agree",
+                  f"final validation perplexity: Pre-LN {by['pre']['final_ppl']:.3f}, {NAMES[p]} {by[p]['final_ppl']:.3f}"))
   if "post" in by and ok("pre"):
     post, pre = by["post"], by["pre"]
     if post["status"] != "finished":
@@ -175,36 +112,38 @@ def checks(by):
                   f"{pre['final_loss']:.3f}")
     out.append(("Post-LN is unstable at depth at a learning rate Pre-LN tolerates", verdict, evidence))
   if ok("pre"):
-    L = len(by["pre"]["skip_drop"])
-    deep = slice(2 * L // 3, L)
-    d_pre = float(np.mean(by["pre"]["skip_drop"][deep]))
-    a_pre = by["pre"]["angular_last"][0]
+    pre = by["pre"]
     out.append(("Deep Pre-LN layers change the representation little (small angular distance to the next layer)",
-                "agrees" if np.mean(a_pre[deep]) < np.mean(a_pre[: L // 3]) else "does not agree",
-                f"Pre-LN d(x^ℓ, x^ℓ+1), mean of last third {np.mean(a_pre[deep]):.3f} vs first third {np.mean(a_pre[: L // 3]):.3f}"))
+                "agrees" if pre["angular_deep_mean"] < pre["angular_first_mean"] else "does not agree",
+                f"Pre-LN d(x^ℓ, x^ℓ+1), mean of last third {pre['angular_deep_mean']:.3f} vs first third "
+                f"{pre['angular_first_mean']:.3f}"))
     for p in ("mix", "lns"):
       if ok(p):
-        d = float(np.mean(by[p]["skip_drop"][deep]))
+        d, d_pre = by[p]["skip_deep_mean"], pre["skip_deep_mean"]
         out.append((f"Skipping a deep layer costs more under {NAMES[p]} than under Pre-LN",
                     "agrees" if d > d_pre else "does not agree",
                     f"mean loss increase when skipping one of the last third of layers: Pre-LN {d_pre:.4f}, {NAMES[p]} {d:.4f}"))
   return out
 
 
-def report(results, args):
+def write_report(meta, m, out):
+  """report.md from the measurements (summary.json's: a run per placement and seed) and its meta."""
+  results, seeds = mean_over_seeds(m["runs"]), m["seeds"]
   by = {r["placement"]: r for r in results}
   lines = ["# Where the norm goes: Pre-LN, Post-LN, Mix-LN, Peri-LN and LNS at small scale", "",
-           f"Generated by `python experiments/norm_placement/run.py` on {time.strftime('%Y-%m-%d')}, "
-           f"{jax.devices()[0].device_kind} ({jax.device_count()} device(s), {os.cpu_count()} CPU threads). "
+           f"Generated by `python experiments/norm_placement/run.py` on {meta['date_day']}, "
+           f"{meta['device']} ({meta['devices']} device(s), {meta['cpus']} CPU threads). "
            "Model: `experiments/norm_placement/config.py`"
-           + (" (gpu size)" if args.size == "gpu" else "") + ", the embedded corpus (Python standard library, bytes), "
-           "one seed, the same data order for every placement.", "",
-           "## Final validation loss", "",
-           "| placement | status | steps | val loss | val perplexity | train time | paper: LLaMA-130M C4 PPL |",
-           "|---|---|---|---|---|---|---|"]
-  for r in results:
-    lines.append(f"| {NAMES[r['placement']]} | {r['status']} | {r['step']} | {r['final_loss']:.4f} | "
-                 f"{np.exp(r['final_loss']):.3f} | {r['seconds'] / 60:.1f} min | {PAPER_PPL_130M[r['placement']]} |")
+           + (" (gpu size)" if meta["size"] == "gpu" else "") + ", the embedded corpus (Python standard library, "
+           f"bytes), {'one seed' if len(seeds) == 1 else 'seeds ' + ', '.join(map(str, seeds)) + ' (mean ± sd)'}, "
+           "the same data order for every placement.", "",
+           "## Final validation loss", ""]
+  lines += report.table(
+      ["placement", "status", "steps", "val loss", "val perplexity", "train time", "paper: LLaMA-130M C4 PPL"],
+      [[NAMES[r["placement"]], r["status"], r["step"], report.cell(r["seeds"]["final_loss"], "{:.4f}"),
+        report.cell(r["seeds"]["final_ppl"], "{:.3f}"), report.cell([s / 60 for s in r["seeds"]["seconds"]],
+                                                                   "{:.1f} min"),
+        PAPER_PPL_130M[r["placement"]]] for r in results])
   lines += ["", "The papers' numbers are for 130M-parameter models on 2.2B C4 tokens; ours are byte-level, "
             "tiny and short. Only orderings and the per-layer shapes are comparable, not absolute values.", "",
             "## The papers' claims, checked against what we measured", "",
@@ -220,11 +159,11 @@ def report(results, args):
             "- ![](skip_drop.png) validation-loss increase when one layer is skipped", "",
             "## Per-layer numbers", ""]
   for r in results:
-    lines.append(f"**{NAMES[r['placement']]}**: skip drop per layer "
-                 + ", ".join(f"{x:.4f}" for x in r["skip_drop"])
+    lines.append(f"**{NAMES[r['placement']]}**{'' if len(seeds) == 1 else ' (mean over the seeds)'}: skip drop per "
+                 "layer " + ", ".join(f"{x:.4f}" for x in r["skip_drop"])
                  + "; angular distance to the next layer (last token) "
-                 + ", ".join(f"{x:.3f}" for x in r["angular_last"][0][: len(r['skip_drop'])]) + "  ")
-  with open(os.path.join(args.out, "report.md"), "w") as f:
+                 + ", ".join(f"{x:.3f}" for x in r["angular_next"]) + "  ")
+  with open(os.path.join(out, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
@@ -236,15 +175,23 @@ def main():
   parser.add_argument("--size", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--placements", default=",".join(PLACEMENTS))
   parser.add_argument("--steps", type=int, default=0, help="override train.steps (0: the config's)")
-  parser.add_argument("--report-only", action="store_true", help="skip training; analyse existing runs")
+  parser.add_argument("--seeds", default="0", help="seeds, comma-separated (tables: mean ± sd over them)")
+  parser.add_argument("--report-only", action="store_true", help="rewrite report.md from summary.json")
   args = parser.parse_args()
   args.placements = args.placements.split(",")
+  args.seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
-  if not args.report_only:
-    train_all(args)
-  results = [analyse(p, args) for p in args.placements]
-  plots(results, args.out)
-  report(results, args)
+  path = os.path.join(args.out, "summary.json")
+  if args.report_only:
+    if not os.path.exists(path):  # never overwrite a committed report with an empty one
+      raise SystemExit(f"no {path}: run without --report-only first")
+    meta, measured = report.read_summary(path)
+  else:
+    meta, measured, results = train_and_measure(args)
+    from plots import draw  # pylint: disable=import-outside-toplevel  (matplotlib: only with the runs)
+    draw(results, args.out)
+  report.write_summary(path, meta, measured, report_only=args.report_only)
+  write_report(meta, measured, args.out)
   print(f"report: {os.path.join(args.out, 'report.md')}")
 
 

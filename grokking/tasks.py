@@ -1,4 +1,4 @@
-"""TFDS builders for the grokking tasks, made locally: modular arithmetic and sparse parity.
+"""The grokking tasks as TFDS builders, made locally: modular arithmetic and sparse parity.
 
 Power et al. 2022 ("Grokking"), and the settings of Prieto et al. 2025
 ("Grokking at the Edge of Numerical Stability", arXiv 2501.04697, official
