@@ -49,10 +49,8 @@ import types
 SIZES = {"125m": (768, 12, 12, 16), "350m": (1024, 24, 16, 8), "1b": (2048, 18, 16, 8)}
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--size", choices=sorted(SIZES), help="a single-GPU preset (sets the sizes below, bf16, seq 2048)")
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+  """The flags this benchmark and benchmarks/torch_reference.py share: the timing, the model, the ceiling."""
   p.add_argument("--steps", type=int, default=20, help="timed steps")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
   p.add_argument("--d_model", type=int, default=512)
@@ -61,13 +59,20 @@ def parse_args(argv=None):
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--batch", type=int, default=8, help="global batch (sequences per step)")
   p.add_argument("--vocab", type=int, default=256)
+  p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
+                 help="square matmul sizes n for the ceiling; the best rate is the ceiling")
+  p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--size", choices=sorted(SIZES), help="a single-GPU preset (sets the sizes below, bf16, seq 2048)")
+  add_model_flags(p)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
   p.add_argument("--attention", default="auto", choices=("auto", "blocked", "xla", "cudnn"), help="model.attention")
   p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True, help="scan_layers")
-  p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
-                 help="square matmul sizes n for the ceiling; the best rate is the ceiling")
-  p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
   p.add_argument("--compare-torch", action="store_true",
                  help="run this and benchmarks/torch_reference.py (eager, compile) in turn; one table (float32 only)")
   p.add_argument("--rounds", type=int, default=3, help="--compare-torch: rounds of the three runs")

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import throughput  # benchmarks/: its flags only (it imports jax inside its functions, not here)
+
 MODES = ("eager", "compile")
 
 
@@ -41,17 +43,7 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--mode", default="eager", choices=MODES, help="eager, or torch.compile of forward + loss")
-  p.add_argument("--steps", type=int, default=20, help="timed steps")
-  p.add_argument("--warmup", type=int, default=3, help="untimed steps (after compilation in compile mode)")
-  p.add_argument("--d_model", type=int, default=512)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--seq", type=int, default=256)
-  p.add_argument("--batch", type=int, default=8, help="sequences per step")
-  p.add_argument("--vocab", type=int, default=256)
-  p.add_argument("--ceiling_sizes", default="512,1024,1536,2048,3072",
-                 help="square matmul sizes n for the ceiling; the best rate is the ceiling")
-  p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+  throughput.add_model_flags(p)  # the same flags and defaults as jaxtrain's benchmark
   return p.parse_args(argv)
 
 

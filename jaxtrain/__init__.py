@@ -8,7 +8,9 @@ Modules:
 
   jaxtrain.config       the config schema (`base()`), `load()`, `check()`
   jaxtrain.preflight    `validate(config, num_devices, ...)`: every check before compiling
-  jaxtrain.train        `build(config, mesh)` -> a `Program` of jitted steps; `train(config, workdir)`
+  jaxtrain.train        the loop: `check`, `build(config, mesh)` -> a `Program` of jitted steps, `train(config, workdir)`
+  jaxtrain.step         the pure steps: state init, train / eval / diagnostics steps, microbatching
+  jaxtrain.loop         `due(step, ...)` -> `Actions`: what the loop does at each step (log, eval, save, stop, grow)
   jaxtrain.model        the decoder-only transformer (Flax NNX, used functionally)
   jaxtrain.placement    where the norm goes: Pre/Post/Mix/Peri-LN, LayerNorm Scaling
   jaxtrain.losses       cross-entropy with softmax or StableMax, in float32 or float64
@@ -18,8 +20,7 @@ Modules:
   jaxtrain.optim        AdamW or Lion, per-group learning rates (μS, SP), weight decay, the schedule
   jaxtrain.orthograd    ⊥Grad as an optax transformation
   jaxtrain.collapse     Softmax Collapse metrics
-  jaxtrain.diagnostics  per-layer and checkpoint diagnostics
-  jaxtrain.grokking     the grokking tasks' models and full-batch trainer
+  jaxtrain.diagnostics  what the diagnostics step computes: per-layer gradient norms, FP8 health
   jaxtrain.data         TFDS builders, the token cache and host-count-independent batches
   jaxtrain.growth       growth operators in depth and width, growth events mid-run (`python -m jaxtrain.grow`: offline)
   jaxtrain.metrics      `read_metrics(workdir)`
@@ -27,6 +28,10 @@ Modules:
   jaxtrain.sample       sampling: temperature, top-k, greedy
   jaxtrain.analysis     a loaded model on a batch: depth diagnostics, per-layer statistics, collapse, logit lens
   jaxtrain.plots        curves of several runs, per-layer diagnostics
+  jaxtrain.sweep        the runner: a list of points (or a grid) as subprocesses with resume (`python -m jaxtrain.sweep`)
+  jaxtrain.report       the studies' report library: tables, summary.json, mean and spread over seeds, verdicts
+
+The grokking tasks' full-batch trainer is a package of its own, `grokking` (beside jaxtrain, not inside it).
 """
 
 __version__ = "0.1.0"

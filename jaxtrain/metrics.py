@@ -1,9 +1,10 @@
 """Where metrics go: `metrics.jsonl`, TensorBoard event files, and the console.
 
 `metrics.jsonl` has one JSON object per line: training lines carry `step`,
-`loss`, `learning_rate`, `grad_norm`, `tokens_per_second`, `mfu`, and the
-Softmax Collapse metrics `sc_fraction`, `zero_loss_fraction`, `param_norm`,
-`grad_weight_cos` (jaxtrain/collapse.py), and more; evaluation lines carry
+`loss`, `learning_rate`, `grad_norm`, `param_norm`, `tokens_per_second`, `mfu`,
+and more; the Softmax Collapse metrics `sc_fraction`, `zero_loss_fraction`,
+`grad_weight_cos` (jaxtrain/collapse.py) only where the window held a diagnostics
+step or with `train.collapse_metrics`; evaluation lines carry
 `step`, `eval_loss` and `eval_perplexity`; diagnostics lines (every
 `train.diagnostics_every` steps) carry `step` and per-layer lists
 `layers/grad_norm`, `layers/resid_var`, `layers/resid_max_abs`,

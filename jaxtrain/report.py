@@ -247,6 +247,21 @@ def read_summary(path: str) -> tuple[dict, dict]:
   return meta_, m
 
 
+def summary_or_measure(out: str, report_only: bool, measure) -> tuple[dict, dict, object]:
+  """(meta, measurements, runs): with `report_only`, <out>/summary.json's and None (no summary.json: an error, so a
+  committed report is never overwritten with an empty one); else `measure()`'s triple. Written back to
+  summary.json either way (`write_summary`, which keeps the training's meta on a report-only rebuild)."""
+  path = os.path.join(out, "summary.json")
+  if report_only:
+    if not os.path.exists(path):
+      raise SystemExit(f"no {path}: run without --report-only first")
+    meta_, m, runs = *read_summary(path), None
+  else:
+    meta_, m, runs = measure()
+  write_summary(path, meta_, m, report_only=report_only)
+  return meta_, m, runs
+
+
 def load_or_measure(args, measure) -> tuple[dict, dict]:
   """(meta, measurements): with --report-only and the runs gone (no args.runs_dir), <args.out>/summary.json's;
   else `measure()`'s (meta, measurements), written to summary.json (`report_only` keeping the training's meta)."""

@@ -67,7 +67,7 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   num_micro = t.microbatches
   stacked = model.stacked(param_axes) if param_axes is not None else None
   probes = diagnostics and config.model.fp8 != "none"
-  collapse_stats = diagnostics or bool(t.get("collapse_metrics", False))
+  collapse_stats = diagnostics or t.collapse_metrics
 
   def loss_fn(params, side, batch):
     model_ = nnx.merge(graphdef, params)

@@ -220,18 +220,17 @@ def main():
     parser.error(f"{sorted(missing)} must run too: a branch continues its saved state")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "summary.json")
-  if args.report_only:
-    if not os.path.exists(path):  # never overwrite a committed report with an empty one
-      raise SystemExit(f"no {path}: run without --report-only first")
-    meta, m = report.read_summary(path)
-  else:
+
+  def measure():
     meta, m, histories = train_and_measure(args)
     if not m["runs"]:
       raise SystemExit(f"no finished runs in {args.workdir}")
+    return meta, m, histories
+
+  meta, m, histories = report.summary_or_measure(args.out, args.report_only, measure)
+  if histories is not None:
     from plots import draw  # pylint: disable=import-outside-toplevel  (matplotlib: only with the runs)
     draw(histories, {n: RUNS[n][0] for n in RUNS}, [n for n in RUNS if n in PAPER], args.out)
-  report.write_summary(path, meta, m, report_only=args.report_only)
   write_reports(meta, m, args.out)
   log.info("wrote %s", os.path.join(args.out, "report.md"))
 

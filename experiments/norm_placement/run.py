@@ -181,16 +181,10 @@ def main():
   args.placements = args.placements.split(",")
   args.seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "summary.json")
-  if args.report_only:
-    if not os.path.exists(path):  # never overwrite a committed report with an empty one
-      raise SystemExit(f"no {path}: run without --report-only first")
-    meta, measured = report.read_summary(path)
-  else:
-    meta, measured, results = train_and_measure(args)
+  meta, measured, results = report.summary_or_measure(args.out, args.report_only, lambda: train_and_measure(args))
+  if results is not None:
     from plots import draw  # pylint: disable=import-outside-toplevel  (matplotlib: only with the runs)
     draw(results, args.out)
-  report.write_summary(path, meta, measured, report_only=args.report_only)
   write_report(meta, measured, args.out)
   print(f"report: {os.path.join(args.out, 'report.md')}")
 
