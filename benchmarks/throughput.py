@@ -64,6 +64,15 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
 
 
+def write_json(path: str | None, res: dict) -> dict:
+  """`res`, also written to `path` where one was given (--json)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(res, f, indent=2)
+    print(f"wrote {path}")
+  return res
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -244,11 +253,7 @@ def main(argv=None) -> dict:
         f"after it; those matmuls: median {res['paired_ceiling_median_flops_per_s'] / 1e9:.1f} GFLOP/s)")
   if "mfu_median" in res:
     print(f"MFU:      {res['mfu_median']:.1%} of {table_peak / 1e12:.0f} TFLOP/s ({table_src})")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(res, f, indent=2)
-    print(f"wrote {args.json}")
-  return res
+  return write_json(args.json, res)
 
 
 CONTENDERS = ("jaxtrain", "torch eager", "torch compile")
@@ -315,12 +320,8 @@ def compare_torch(args) -> dict:
     print(f"\njaxtrain / {other}: {statistics.median(per_round):.2f}x tokens/s (rounds: "
           + ", ".join(f"{x:.2f}" for x in per_round) + ")", end="")
   print()
-  res = {"params": {"jaxtrain": n_jax, "torch": n_torch}, "summary": summary, "ratios": ratios, "runs": runs}
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(res, f, indent=2)
-    print(f"wrote {args.json}")
-  return res
+  return write_json(args.json, {"params": {"jaxtrain": n_jax, "torch": n_torch}, "summary": summary,
+                                "ratios": ratios, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -237,11 +236,7 @@ def main(argv=None) -> dict:
   print(f"tokens/s: median {tokens / med:,.0f}, best {tokens / best:,.0f}")
   print("ceiling:  " + ", ".join(f"{n}^3 {r / 1e9:.1f}" for n, r in by_size.items())
         + f" GFLOP/s (float32 torch.mm); best n={best_n}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(res, f, indent=2)
-    print(f"wrote {args.json}")
-  return res
+  return throughput.write_json(args.json, res)
 
 
 if __name__ == "__main__":
