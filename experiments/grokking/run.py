@@ -2,7 +2,7 @@
 
   python experiments/grokking/run.py --out experiments/grokking/results
   python experiments/grokking/run.py --out /tmp/g --runs orthograd,adamw_f32 --scale 0.1   # a quick look
-  python experiments/grokking/run.py --out /tmp/g --runs orthograd --seeds 0,1,2          # mean ± sd over seeds
+  python experiments/grokking/run.py --out /tmp/g --runs orthograd --seeds 3              # seeds 0, 1, 2: mean ± sd
   python experiments/grokking/run.py --out experiments/grokking/results --report-only
 
 Trains the paper's bias-free ReLU MLP (226 -> 200 -> 200 -> 113) full-batch on (a + b) mod 113 with 40% of the
@@ -204,13 +204,13 @@ def main():
   parser.add_argument("--workdir", help="the runs' directory (default: <out>/runs)")
   parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
   parser.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps (1 = the budget)")
-  parser.add_argument("--seeds", default="0", help="init and split seeds, comma-separated (tables: mean ± sd)")
+  parser.add_argument("--seeds", type=int, default=1, help="init and split seeds 0..N-1 (mean ± sd)")
   parser.add_argument("--parallel", type=int, default=1, help="runs at once (each pinned to its own cores)")
   parser.add_argument("--data_dir", default="~/.cache/jaxtrain/tensorflow_datasets")
   parser.add_argument("--report-only", action="store_true", help="rewrite the reports from summary.json")
   args = parser.parse_args()
   args.runs = [r for r in args.runs.split(",") if r]
-  args.seeds = [int(s) for s in args.seeds.split(",")]
+  args.seeds = list(range(args.seeds))
   args.workdir = args.workdir or os.path.join(args.out, "runs")
   unknown = set(args.runs) - set(RUNS)
   if unknown:

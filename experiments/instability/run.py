@@ -255,7 +255,7 @@ def main():
   parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "instability"), help="the sweeps' directories")
   parser.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="d_model values (multiples of 32)")
   parser.add_argument("--lrs", default=",".join(f"{x:g}" for x in proxies.PAPER_LRS), help="peak learning rates")
-  parser.add_argument("--seeds", default="0", help="seeds, comma-separated (tables: mean ± sd over them)")
+  parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (mean ± sd)")
   parser.add_argument("--parallel", type=int, default=2, help="points run at once (each pinned to its own core)")
   parser.add_argument("--report-only", action="store_true", help="rewrite report.md from summary.json")
   parser.add_argument("--config", action="append", default=[], dest="overrides", metavar="FIELD=VALUE",
@@ -263,7 +263,7 @@ def main():
   args = parser.parse_args()
   args.widths = [int(w) for w in args.widths.split(",")]
   args.lrs = [float(x) for x in args.lrs.split(",")]
-  args.seeds = [int(s) for s in args.seeds.split(",")]
+  args.seeds = list(range(args.seeds))
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "summary.json")
   if args.report_only:

@@ -175,11 +175,11 @@ def main():
   parser.add_argument("--size", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--placements", default=",".join(PLACEMENTS))
   parser.add_argument("--steps", type=int, default=0, help="override train.steps (0: the config's)")
-  parser.add_argument("--seeds", default="0", help="seeds, comma-separated (tables: mean ± sd over them)")
+  parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (mean ± sd)")
   parser.add_argument("--report-only", action="store_true", help="rewrite report.md from summary.json")
   args = parser.parse_args()
   args.placements = args.placements.split(",")
-  args.seeds = [int(s) for s in args.seeds.split(",")]
+  args.seeds = list(range(args.seeds))
   os.makedirs(args.out, exist_ok=True)
   meta, measured, results = report.summary_or_measure(args.out, args.report_only, lambda: train_and_measure(args))
   if results is not None:
