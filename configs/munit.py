@@ -5,7 +5,8 @@
 
 The recipe (Narayan et al., ICML 2025, arXiv 2502.05967, Table 2, §3.1, A.4): unit-variance init, static
 1/√fan_in multipliers, Res-Post-LayerNorm with τ = 0.4 (the paper's value for 4 layers), GELU, untied head, Lion
-with fully decoupled weight decay and per-group learning rates (hidden η·√(d_base/fan_in)), cosine to 10%.
+with fully decoupled weight decay and per-group learning rates (hidden η·√(d_base/fan_in)), cosine to 10%, no
+gradient clipping (the paper names none; the study, experiments/munit, uses none either).
 
 Without FP8 the model computes in `model.compute_dtype`, float32 here as in every CPU config (XLA:CPU has no fast
 bfloat16 matmul, and FP8 is emulated in float32 on CPU anyway); on a GPU add
@@ -26,6 +27,8 @@ def get_config(arg=None):
   c.data.update(name="pystdlib", seq_len=128)
   c.train.update(steps=600, global_batch=16, log_every=25, eval_every=200, eval_batches=8, checkpoint_every=200)
   # η: the best of 3e-3, 1e-2, 3e-2, 1e-1 after 120 steps here (eval loss 4.84, 3.49, 2.64, 2.72); λ not swept.
+  # No gradient clipping (the base config clips at 1.0): the paper names none, and Lion's update is a sign, so a
+  # clip only changes how g mixes with the momentum, and acts differently on SP's and μS's gradient scales.
   c.optim.update(name="lion", lr_rule="mus", lr=3e-2, weight_decay=1e-4, weight_decay_mode="independent",
-                 warmup_steps=60, schedule="cosine", min_lr_ratio=0.1)
+                 warmup_steps=60, schedule="cosine", min_lr_ratio=0.1, clip_norm=0.0)
   return c

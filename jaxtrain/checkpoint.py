@@ -106,14 +106,16 @@ class Checkpointer:
 
     `abstract_state` holds ShapeDtypeStructs with shardings: arrays are placed
     (and resharded, if the mesh or host count changed) as it says. It and `model_config` may
-    be functions of the step, for a run whose model changes at growth events. A checkpoint
+    be functions of the step, for a run whose model changes at growth events, and so may `data_fingerprint` (a
+    mixture's: where its sources stand at the step, jaxtrain/data/pipeline.py). A checkpoint
     of another model or optimizer, or of another data setup (`data_fingerprint`),
     is a ConfigError, never mistaken for damage. Call it on every host.
     """
     failed = []  # (step, error), newest first: set aside only once an older step has restored
     at = lambda x, step: x(step) if callable(x) else x
     for step in reversed(hosts.broadcast(self.steps())):  # host 0's list: a listing can differ while a save lands
-      outcome, result = self._read(step, at(abstract_state, step), at(model_config, step), data_fingerprint)
+      outcome, result = self._read(step, at(abstract_state, step), at(model_config, step),
+                                   at(data_fingerprint, step))
       worst = int(hosts.gather(outcome).max())
       if worst == REFUSED:
         raise result if outcome == REFUSED else ConfigError(

@@ -265,14 +265,14 @@ def compile_step(config, devices, label: str = "train step", phase_config=None, 
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxtrain import config as cfg_lib, flops, sharding, train  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as cfg_lib, data, flops, sharding, train  # pylint: disable=g-import-not-at-top
   c = phase_config or config
   mesh = sharding.make_mesh(cfg_lib.mesh_shape(config.mesh, len(devices)), devices)
   prog = train.build(c, mesh, lr_schedule, peak_lr)
   t = config.train
   batch_sh = jax.sharding.NamedSharding(mesh, sharding.spec(("batch", None)))
-  batch = {k: jax.ShapeDtypeStruct((t.global_batch, config.data.seq_len), jnp.int32, sharding=batch_sh)
-           for k in ("inputs", "targets")}
+  batch = {k: jax.ShapeDtypeStruct((t.global_batch, config.data.seq_len), jnp.dtype(dt), sharding=batch_sh)
+           for k, dt in data.packing.batch_dtypes(config.data).items()}  # with the documents' boundaries if on
   start = time.perf_counter()
   try:
     with jax.set_mesh(mesh):

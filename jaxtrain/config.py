@@ -90,19 +90,31 @@ def base() -> ml_collections.ConfigDict:
       ),
       fp8="none",              # none | static (μS: saturating casts, no scales) | delayed (amax history); fp8.py
       fp8_grad_scale=0.0,      # static: output gradients ×S before the E5M2 cast (undone after); 0: auto (fp8.py)
+      fp8_grad_rule="uniform",  # static: uniform (S at every linear) | per_linear (S·2^k, k per linear; fp8.py)
       fp8_history=1024,        # delayed: amax history length (Flax's default)
   )
 
   c.data = dict(
-      name="pystdlib",         # pystdlib | text_files | any prepared TFDS name (lm1b, c4/en)
+      name="pystdlib",         # pystdlib | text_files | files | shakespeare | any prepared TFDS name (lm1b, c4/en)
       data_dir="~/.cache/jaxtrain/tensorflow_datasets",
       text_glob="",            # for name=text_files
-      text_key="text",
-      tokenizer="byte",        # byte | path/to/sentencepiece.model
+      files="",                # for name=files: comma-separated globs (local or gs://), or a saved HF dataset dir
+      eval_files="",           # for name=files: the validation files; "": 2% of the documents held out by hash
+      format="auto",           # for name=files: auto (by file name) | parquet | jsonl | arrow | hf_saved
+      text_key="text",         # the field (TFDS feature, column, JSON key) holding the text
+      tokenizer="byte",        # byte | path/to/sentencepiece.model | path/to/tokenizer.json (Hugging Face)
+      eod_token="",            # tokenizer.json: the end-of-document token; "": <|endoftext|>, </s>, ... (tokenizer.py)
       train_split="train",
       eval_split="validation",
       seq_len=256,
       num_workers=0,
+      packing="concat",        # concat (documents joined by eos, cut every seq_len: no padding) | pad (whole
+                               # documents per row, padded); jaxtrain/data/packing.py
+      document_mask=False,     # rows carry segment_ids and loss weights: attention, RoPE and the loss stay inside
+                               # each document (off: the batch is {'inputs', 'targets'} as before)
+      mixture={},              # weighted sources, {name: {any source field of data (name, text_glob, ...), weight}};
+                               # weight: a number or ((step, w), ...) piecewise-linear; jaxtrain/data/mixture.py
+      mixture_block_size=2048, # mixture rows per block of fixed per-source counts (Levanter's), in whole batches
   )
 
   c.train = dict(
@@ -118,15 +130,22 @@ def base() -> ml_collections.ConfigDict:
                                # (False: only on the diagnostics step, train.diagnostics_every)
       eval_every=200,
       eval_batches=8,
+      downstream_tasks="",     # task files (JSONL) or directories, comma-separated, scored at each evaluation:
+                               # downstream/<task>/acc, ... (jaxtrain/downstream.py; docs/evaluation.md)
       checkpoint_every=200,
       stop_check_every=10,     # multi-host: steps between the hosts' agreement on a signal (it waits for the step)
       keep_checkpoints=3,
       progress="auto",         # auto (bar on a terminal) | bar | log
       peak_flops=0.0,          # per-device peak FLOP/s for MFU; 0 = look up or measure
+      trackers="jsonl,tensorboard",  # where metrics go, comma-separated: jsonl (always on) | tensorboard | wandb
+                               # (jaxtrain/trackers.py; wandb: the `wandb` section below)
+      profile_steps="",        # "A:B": a JAX profiler trace of the steps from state A to B into <workdir>/profile
+                               # (jaxtrain/profiling.py); "": none
+      memory_profile_step=0,   # a device-memory profile (pprof) after this step into <workdir>/profile; 0: none
   )
 
   c.optim = dict(
-      name="adamw",            # adamw | lion (jaxtrain/optim.py)
+      name="adamw",            # adamw | lion | muon (jaxtrain/optim.py; muon: jaxtrain/muon.py)
       lr=3e-3,                 # peak learning rate η (of the groups with multiplier 1, see lr_rule)
       lr_rule="none",          # none (η for all) | mus (hidden η·√(fan_in at d_base/fan_in), others η) | sp (all η·d_base/d)
       schedule="cosine",       # cosine | wsd | constant (each after linear warmup)
@@ -141,6 +160,21 @@ def base() -> ml_collections.ConfigDict:
       weight_decay_mode="coupled",  # coupled (p -= η_t·λ·p, AdamW) | independent (p *= 1 - λ·s(t), μS: fully decoupled)
       clip_norm=1.0,           # global-norm clipping; 0 disables
       orthograd=False,         # ⊥Grad: drop each gradient's component along its weights (jaxtrain/orthograd.py)
+      muon=dict(               # optim.name=muon: hidden matrices (b1, b2, eps above: its AdamW group's)
+          scale="moonlight",   # moonlight (0.2·√max(fan_in, fan_out): AdamW's RMS) | keller (√max(1, out/in)) | none
+          lr_scale=1.0,        # the hidden matrices' rate (and decay) is optim.lr·lr_scale (times lr_rule's factor)
+          beta=0.95,           # Nesterov momentum
+          ns_steps=5,          # Newton–Schulz iterations
+          nesterov=True,
+      ),
+  )
+
+  c.wandb = dict(              # train.trackers=...,wandb: Weights & Biases (jaxtrain/trackers.py)
+      project="jaxtrain",
+      entity="",               # "": your default entity
+      name="",                 # "": the workdir's name
+      tags="",                 # comma-separated
+      mode="",                 # online | offline | disabled | shared; "": WANDB_MODE, else online
   )
 
   # Sizes of the named mesh axes; one of them may be -1 (the remaining devices).
@@ -148,8 +182,10 @@ def base() -> ml_collections.ConfigDict:
 
   c.growth = dict(             # growing the model mid-run (jaxtrain/growth/); model is the model before any event
       events=(),               # ({"step": 1500, "op": "stack", "g": 4}, ...): at the end of `step`, apply `op` with
-                               # its arguments; an event may also set opt, lr, warmup_steps, peak_lr for itself
-      opt="reset",             # reset (fresh moments, count 0: G_stack's code) | copy (old moments in place: MSG)
+                               # its arguments; an event may also set opt, lr, warmup_steps, peak_lr for itself,
+                               # and ramp_steps (T > 0: its new layers fade in over T steps, MSG's mask)
+      opt="reset",             # reset (fresh moments, count 0: G_stack's code) | copy (old moments in place, zeros for
+                               # new entries and copies: MSG) | duplicate (copies take their source's: staged training)
       lr="restart_warmup",     # restart_warmup (warmup to peak_lr, then optim.schedule to the end: G_stack's code)
                                # | continue (the schedule as it was) | rewind (the base schedule from its peak)
       warmup_steps=-1,         # restart_warmup's warmup; -1: optim.warmup_steps
@@ -224,6 +260,12 @@ def check_keys(config) -> None:
   """Every key of `config` must be a schema key and vice versa."""
   valid, have = flat_keys(base()), flat_keys(config)
   for key in have:
+    if key.startswith("data.mixture."):  # named sources: a field of data, or weight (the rest: data.mixture.check)
+      field = key.split(".")[3:]
+      if len(field) == 1 and (field[0] == "weight" or f"data.{field[0]}" in valid):
+        continue
+      raise ConfigError(f"config key {key!r} is not a mixture source field: a source is "
+                        "{'weight': w, <fields of data>...}, e.g. data.mixture.web.weight")
     if key not in valid:
       raise unknown_key(key, valid)
   missing = [k for k in valid if k not in have]
@@ -410,8 +452,8 @@ def check(config, target: Target) -> dict[str, int]:
   if d.seq_len > m.max_seq_len:
     raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
   if target.vocab_size is not None and target.vocab_size > m.vocab_size:
-    raise ConfigError(f"the tokenizer has {target.vocab_size} tokens but model.vocab_size={m.vocab_size}; "
-                      "raise model.vocab_size")
+    raise ConfigError(f"the tokenizer has {target.vocab_size} tokens (data.tokenizer={d.tokenizer}) but "
+                      f"model.vocab_size={m.vocab_size}; raise model.vocab_size")
   if m.param_dtype == "bfloat16":
     raise ConfigError("model.param_dtype=bfloat16 would store the weights and AdamW's moments in bfloat16, where late "
                       "small updates round away: keep model.param_dtype=float32 (the master weights) and set "

@@ -8,7 +8,8 @@
 Written into `--out`: config.json (the architecture jaxtrain/hf.py maps the run's model to: Llama, Qwen3, Gemma 2,
 Gemma 3, StableLM or Starcoder2), model.safetensors (written from numpy: no torch needed) and the tokenizer as a
 tokenizer.json (byte: a BPE with no merges over the byte alphabet, id = byte; SentencePiece, BPE or unigram: the
-model's own pieces and normalizer, converted by transformers), each encoding exactly as jaxtrain's does.
+model's own pieces and normalizer, converted by transformers; a tokenizer.json: the run's own copy, as it is), each
+encoding exactly as jaxtrain's does.
 eos_token_id is the tokenizer's eos (byte: 0), so `generate` stops where jaxtrain's sampling would.
 
 The parameters are read with `jaxtrain.run.load_run` (params only, any device count, never writing into the run).
@@ -43,16 +44,17 @@ def check_out(out: str, overwrite: bool) -> None:
 
 
 def write_pretrained(out: str, model_config, params, tokenizer: str = "byte", eos_id: int | None = 0,
-                     dtype: str = "float32", overwrite: bool = False) -> dict:
+                     dtype: str = "float32", overwrite: bool = False, eos_token: str | None = None) -> dict:
   """Writes `params` of jaxtrain model config `model_config` as an HF model directory; returns its config.json.
 
-  `tokenizer`: the run's `data.tokenizer` ('byte' or a SentencePiece .model path), written beside the model.
+  `tokenizer`: the run's `data.tokenizer` ('byte', a SentencePiece .model or a tokenizer.json path), written beside
+  the model; `eos_token`: a tokenizer.json's end-of-document token (tokenizer_config.json's eos_token).
   """
   if dtype not in DTYPES:
     raise ConfigError(f"--dtype={dtype} is not one of {DTYPES}")
   check_out(out, overwrite)
   config, tensors = hf.to_hf(model_config, params, eos_id=eos_id, dtype=dtype)
-  tok_files = hf.tokenizer_files(tokenizer, model_config.max_seq_len)
+  tok_files = hf.tokenizer_files(tokenizer, model_config.max_seq_len, eos_token)
   if dtype == "bfloat16":
     import ml_dtypes  # pylint: disable=g-import-not-at-top
     tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
@@ -90,9 +92,10 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str = "float3
   params = model.params
   if isinstance(params, nnx.State):
     params = nnx.to_pure_dict(params)
-  tokenizer = model.config.data.tokenizer
-  eos = data.make_tokenizer(model.config.data).eos_id
-  config = write_pretrained(out, model.config.model, params, tokenizer, eos, dtype, overwrite)
+  tokenizer = model.config.data.tokenizer  # the copy in the workdir where the run kept one (run.Run.config_at)
+  tok = data.make_tokenizer(model.config.data)
+  config = write_pretrained(out, model.config.model, params, tokenizer, tok.eos_id, dtype, overwrite,
+                            getattr(tok, "eod_token", None))
   return {"workdir": workdir, "step": model.step, "out": out, "architecture": config["architectures"][0],
           "dtype": dtype, "parameters": int(sum(np.size(x) for x in _leaves(params)))}
 

@@ -14,6 +14,8 @@ Inf; clipping saturates instead (paper A.1.2). α is a compile-time constant, so
 mean loss over N tokens the gradients at the hidden outputs are ~1/(N·d) and 98-100% of them underflow E5M2;
 S = N·d (μS; N for SP, whose head has no 1/d) brings them to unit scale. S multiplies g just before the cast and
 is divided out of dx and dw in the same backward, so no gradient outside this function, and no optimizer, ever sees it.
+`model.fp8_grad_rule=per_linear` gives each hidden linear its own static S·2^k (`grad_multiplier`): the gradients
+drift apart during training, and one S for all keeps neither in the middle of E5M2's range.
 
 Delayed scaling (`delayed`; what Flax's `Fp8DirectDotGeneralOp`, MaxText and Transformer Engine ship) divides
 each tensor by a per-tensor scale from the max of its last `history` amaxes before casting, and multiplies the
@@ -24,9 +26,10 @@ differentiates with respect to it and stores the cotangent as `state["fp8"]`; ov
 combine by max (every microbatch sees the same old state, so only the newest amax differs). Without state
 (evaluation, a notebook's forward pass), delayed scaling falls back to the current tensor's amax.
 
-Health diagnostics ride the same channel: a zero `probe` input [3, 3] whose cotangent is, for the tensors
-entering the casts (x, w, g: rows), their RMS, underflow fraction (non-zeros that become 0) and saturation
-fraction (clipped to max): columns. See `cast_stats`.
+Health diagnostics ride the same channel: a zero `probe` input [3, 7] whose cotangent is, for the tensors
+entering the casts (x, w, g: rows), their RMS, underflow fraction (non-zeros that become 0), saturation
+fraction (clipped to max), share of exact zeros, share of the squared norm lost to underflow, the underflow
+an amax scale would leave and the amax: columns (`STATS`). See `cast_stats`.
 
 Every function takes the activations as x_MK (M tokens, K = fan_in) and the weight as w_KN (N: one or more output
 axes); the model reshapes its einsums to this form (`einsum`).
@@ -43,11 +46,15 @@ import jax.numpy as jnp
 from flax.linen import fp8_ops
 
 from jaxtrain import config as cfg_lib
+from jaxtrain import sharding
 
 E4M3, E5M2 = jnp.float8_e4m3fn, jnp.float8_e5m2
-STATS = ("rms", "underflow", "saturation")  # the probe's columns
+STATS = ("rms", "underflow", "saturation", "zero", "lost", "amax_underflow", "amax")  # the probe's columns
 TENSORS = ("x", "w", "g")                  # the probe's rows: activation, weight, output gradient
 MODES = ("none", "static", "delayed")    # model.fp8
+GRAD_RULES = ("uniform", "per_linear")     # model.fp8_grad_rule
+# per_linear: each hidden linear's static backward scale is S·2^k (see `grad_multiplier`).
+PER_LINEAR_SHIFT = {"attn.wq": 4, "attn.wk": 4, "attn.wv": 9, "attn.wo": 10, "mlp.wi": 10, "mlp.down": 10}
 E5M2_MAX = 57344.0                       # E5M2's largest finite value
 # The static gradient scale's init estimate (μS; not in the paper): S·g has RMS up to ~2·S/(tokens·width); 64× for tails.
 GRAD_RMS_PER_UNIT_SCALE, GRAD_TAIL = 2.0, 64.0
@@ -59,10 +66,12 @@ class Recipe(NamedTuple):
   mode:        'static' | 'delayed'
   grad_scale:  static: S, or 0 for auto = tokens in the call × `auto_width`
   auto_width:  d_model under μS (undoes the head's 1/d in the backward), 1 under SP
+  grad_mult:   static: this linear's factor on S (`model.fp8_grad_rule=per_linear`: 2^k, `grad_multiplier`)
   """
   mode: str
   grad_scale: float = 0.0
   auto_width: int = 1
+  grad_mult: float = 1.0
 
 
 def saturate(x: jax.Array, dtype) -> jax.Array:
@@ -72,18 +81,31 @@ def saturate(x: jax.Array, dtype) -> jax.Array:
 
 
 def cast_stats(x: jax.Array, dtype) -> jax.Array:
-  """[rms, underflow, saturation] of x as it enters the cast to `dtype` (float32 [3]).
+  """[rms, underflow, saturation, zero, lost, amax_underflow, amax] of x as it enters the cast to `dtype` (float32 [7]).
 
-  underflow: the fraction of x's non-zero entries that the cast rounds to zero;
-  saturation: the fraction of all entries beyond the format's largest finite value (clipped).
+  underflow:       the fraction of x's non-zero entries that the cast rounds to zero;
+  saturation:      the fraction of all entries beyond the format's largest finite value (clipped);
+  zero:            the fraction of entries that are exactly 0 before the cast (an all-zero gradient: 1, and
+                   underflow 0, so the two are read together);
+  lost:            the fraction of x's squared norm (Σx²) in the entries the cast rounds to zero: what underflow
+                   costs the matmul, where `underflow` only counts entries;
+  amax_underflow:  the underflow had x been scaled to put its amax at the format's max (what a per-tensor amax
+                   scale, current or delayed, would reach): the floor no per-tensor scale goes below unclipped;
+  amax:            max |x| (the headroom to the format's max).
   """
   x32 = x.astype(jnp.float32)
   nonzero = x32 != 0
+  n_nonzero = jnp.maximum(jnp.sum(nonzero), 1)
   lost = nonzero & (saturate(x32, dtype).astype(jnp.float32) == 0)
-  rms = jnp.sqrt(jnp.mean(x32 * x32))
-  underflow = jnp.sum(lost) / jnp.maximum(jnp.sum(nonzero), 1)
-  saturation = jnp.mean(jnp.abs(x32) > float(jnp.finfo(dtype).max))
-  return jnp.stack([rms, underflow.astype(jnp.float32), saturation.astype(jnp.float32)])
+  sq = x32 * x32
+  rms = jnp.sqrt(jnp.mean(sq))
+  big = float(jnp.finfo(dtype).max)
+  amax = jnp.max(jnp.abs(x32))
+  at_amax = x32 * jnp.where(amax > 0, big / amax, 1.0)
+  stats = [rms, jnp.sum(lost) / n_nonzero, jnp.mean(jnp.abs(x32) > big), 1.0 - jnp.mean(nonzero),
+           jnp.sum(jnp.where(lost, sq, 0.0)) / jnp.maximum(jnp.sum(sq), jnp.finfo(jnp.float32).tiny),
+           jnp.sum(nonzero & (saturate(at_amax, dtype).astype(jnp.float32) == 0)) / n_nonzero, amax]
+  return jnp.stack([jnp.asarray(v, jnp.float32) for v in stats])
 
 
 def init_meta(history: int) -> dict:
@@ -112,7 +134,8 @@ def _fwd(x_MK, w_KN, side, alpha, recipe, out_dtype):
   meta, probe = side.get("meta"), side.get("probe")
   if recipe.mode == "static":
     xs, ws = x_MK, w_KN  # what enters the casts
-    xq, wq = saturate(xs, E4M3), saturate(ws, E4M3)
+    xq = saturate(xs, E4M3)
+    wq = side["wq"] if "wq" in side else saturate(ws, E4M3)  # cast before an FSDP gather (`einsum`'s w_axes)
     sx = sw = 1.0  # python floats: α stays a compile-time constant
     new_x = new_w = None
   else:
@@ -122,16 +145,17 @@ def _fwd(x_MK, w_KN, side, alpha, recipe, out_dtype):
   y = _dot(xq, wq, ((1,), (0,))) * (alpha * sx * sw)
   stats = None if probe is None else (cast_stats(xs, E4M3), cast_stats(ws, E4M3))
   scales = None if recipe.mode == "static" else (sx, sw)  # static: nothing saved, α stays constant in the bwd
-  return y.astype(out_dtype), (xq, wq, scales, meta, new_x, new_w, stats)
+  given = "wq" in side  # its cotangent, zeros, goes back in the same place
+  return y.astype(out_dtype), (xq, wq, scales, meta, new_x, new_w, stats, given or None)
 
 
 def _bwd(alpha, recipe, out_dtype, res, g_MN):
-  xq, wq, scales, meta, new_x, new_w, stats = res
+  xq, wq, scales, meta, new_x, new_w, stats, given = res
   sx, sw = (1.0, 1.0) if scales is None else scales
   n_out = g_MN.ndim - 1
   g32 = g_MN.astype(jnp.float32)
   if recipe.mode == "static":
-    S = recipe.grad_scale or g_MN.shape[0] * recipe.auto_width  # auto: tokens in this call × width
+    S = (recipe.grad_scale or g_MN.shape[0] * recipe.auto_width) * recipe.grad_mult  # auto: tokens × width
     gs = g32 * S
     gq, post = saturate(gs, E5M2), alpha / S
     new_g = None
@@ -142,6 +166,8 @@ def _bwd(alpha, recipe, out_dtype, res, g_MN):
   dx_MK = _dot(gq, wq, (out_axes, out_axes)) * (post * sw)
   dw_KN = _dot(xq, gq, ((0,), (0,))) * (post * sx)
   side_ct = {}
+  if given:
+    side_ct["wq"] = jnp.zeros_like(wq)  # w's gradient is dw_KN
   if meta is not None:
     side_ct["meta"] = {"x": new_x, "w": new_w, "g": new_g}
   if stats is not None:
@@ -155,8 +181,9 @@ def linear(x_MK, w_KN, side, alpha: float, recipe: Recipe, out_dtype):
 
   x_MK must be in `out_dtype` and w_KN in float32 (their gradients come back in those dtypes).
 
-  `side` is a dict with optional entries `meta` (delayed scaling's state, `init_meta`) and `probe` (zeros [3, 3]);
-  their cotangents are the new state and the cast statistics (see the module docstring).
+  `side` is a dict with optional entries `meta` (delayed scaling's state, `init_meta`), `probe` (zeros [3,
+  len(STATS)]) and, static only, `wq` (w_KN already cast to E4M3: `einsum` casts it before an FSDP gather);
+  their cotangents are the new state, the cast statistics and zeros.
   """
   return _fwd(x_MK, w_KN, side, alpha, recipe, out_dtype)[0]
 
@@ -164,11 +191,16 @@ def linear(x_MK, w_KN, side, alpha: float, recipe: Recipe, out_dtype):
 linear.defvjp(_fwd, _bwd)
 
 
-def einsum(eq: str, x, w, *, alpha: float, recipe: Recipe, out_dtype, side=None):
+def einsum(eq: str, x, w, *, alpha: float, recipe: Recipe, out_dtype, side=None, w_axes=None):
   """`jnp.einsum(eq, x, w) · α` through `linear`: eq must contract x's trailing axes with w's leading ones.
 
   'btd,dhk->bthk', 'bthk,hkd->btd', 'btd,dcf->btcf' and 'btf,fd->btd' all do: x becomes [tokens, fan_in]
   (the 2-D form XLA's FP8 GEMM rewrite matches), w only merges its contracted axes.
+
+  w_axes: w's logical axes (jaxtrain/sharding.py). With static FP8, w is cast to E4M3 where it lies, pinned to its
+  own sharding, so that the all-gather FSDP needs before the GEMM moves FP8 (1 byte per entry), not float32 or the
+  16-bit copy XLA otherwise gathers and casts after: the trick Transformer Engine and torchao use for FP8 FSDP
+  (not in the μS paper). A static cast needs no scale, so the sharded cast is exactly the gathered one.
   """
   (xs, ws), out = eq.split("->")[0].split(","), eq.split("->")[1]
   k = len([a for a in ws if a in xs and a not in out])
@@ -176,15 +208,42 @@ def einsum(eq: str, x, w, *, alpha: float, recipe: Recipe, out_dtype, side=None)
     raise ValueError(f"fp8.einsum: {eq!r} does not contract x's trailing axes with w's leading axes")
   lead, K = x.shape[:x.ndim - k], math.prod(x.shape[x.ndim - k:])
   x_MK, w_KN = x.astype(out_dtype).reshape(-1, K), w.astype(jnp.float32).reshape(K, *w.shape[k:])
-  y = linear(x_MK, w_KN, side or {}, alpha, recipe, jnp.dtype(out_dtype))
+  side = dict(side or {})
+  if recipe.mode == "static" and w_axes is not None:
+    side["wq"] = sharding.constrain(saturate(w, E4M3), tuple(w_axes)).reshape(K, *w.shape[k:])
+  y = linear(x_MK, w_KN, side, alpha, recipe, jnp.dtype(out_dtype))
   return y.reshape(*lead, *w.shape[k:])
 
 
-def recipe(m) -> Recipe | None:
-  """The FP8 recipe of model config `m`'s hidden linears; None when `model.fp8=none`."""
+def grad_multiplier(m, name: str) -> float:
+  """The factor on S of the hidden linear `name` (e.g. 'attn.wq'): 1, or 2^k under `fp8_grad_rule=per_linear`.
+
+  Why per linear. S = N·d (N tokens, d the width) is unit scaling's loss-gradient rule (its cross-entropy sums over
+  the batch and divides only the forward by the batch; Blake, Orr, Luschi, "Unit Scaling", ICML 2023, arXiv
+  2303.11257; graphcore-research/unit-scaling `functional.cross_entropy`) times the μS head's 1/d undone: every
+  output gradient starts near unit scale (RMS 0.25-2.5 at init). It does not stay there, and not alike: over the
+  study's 200-step runs (width 128, 3 seeds) q's and k's gradient RMS grows ~15-20× (0.05-0.07 → ~1) and turns
+  heavy-tailed as the softmax sharpens (amax/RMS up to ~100; a fifth to two fifths of their entries sit more than
+  2^32, E5M2's whole range, below their amax), v's grows 3×, while attention-out's, MLP-in's and MLP-down's stay at
+  RMS 0.05-0.13 with amax ≤ ~10. One S leaves the latter ~2^12 of unused room at the top and q, k short of it.
+  So each linear gets its own static factor, as unit scaling gives each op its own backward scale (`scale_bwd`):
+  as high as keeps its largest amax over a run ≥ ~6× under E5M2's max (57344): v ×2^9, attention out and the
+  MLP's ×2^10 (their amax ×2^k stayed ≥ 11× under the max on three seeds), q and k ×2^4 (their amax varies ~3×
+  between seeds: at ×2^6 one seed's k clipped 8e-6 of its entries at a spike). A static table, set from the
+  study's width-128 μS runs at S = N·d and checked on its seeds: no run-time amax. It is a property of this
+  model and recipe (depth, τ, η, run length), not a law: a longer run or a larger η moves q's and k's amax.
+  """
+  if m.fp8_grad_rule != "per_linear":
+    return 1.0
+  return 2.0 ** PER_LINEAR_SHIFT.get(name, 0)
+
+
+def recipe(m, name: str = "") -> Recipe | None:
+  """The FP8 recipe of model config `m`'s hidden linear `name`; None when `model.fp8=none`."""
   if m.fp8 == "none":
     return None
-  return Recipe(m.fp8, float(m.fp8_grad_scale), m.d_model if m.parametrization == "mus" else 1)
+  return Recipe(m.fp8, float(m.fp8_grad_scale), m.d_model if m.parametrization == "mus" else 1,
+                grad_multiplier(m, name) if m.fp8 == "static" else 1.0)
 
 
 def split_side(tree):
@@ -223,7 +282,7 @@ def check(config, target: cfg_lib.Target) -> None:
   silently fall back to an emulated, slower path.
   """
   m, platform, cc = config.model, target.platform, target.compute_capability
-  cfg_lib.check_choices(config, {"model.fp8": MODES})
+  cfg_lib.check_choices(config, {"model.fp8": MODES, "model.fp8_grad_rule": GRAD_RULES})
   if m.fp8 != "none" and platform == "tpu":
     raise cfg_lib.ConfigError(
         f"model.fp8={m.fp8}: FP8 matmuls run on NVIDIA GPUs (sm_89+) or emulated on CPU; use none on TPU")
@@ -235,8 +294,9 @@ def check(config, target: cfg_lib.Target) -> None:
   if not m.fp8_grad_scale >= 0:
     raise cfg_lib.ConfigError(f"model.fp8_grad_scale={m.fp8_grad_scale} must be >= 0 (0: auto)")
   auto = cfg_lib.microbatch_tokens(config) * (m.d_model if m.parametrization == "mus" else 1)
-  peak = m.fp8_grad_scale / auto * GRAD_RMS_PER_UNIT_SCALE * GRAD_TAIL
+  mult = max(PER_LINEAR_SHIFT.values()) if m.fp8_grad_rule == "per_linear" else 0
+  peak = m.fp8_grad_scale * 2.0**mult / auto * GRAD_RMS_PER_UNIT_SCALE * GRAD_TAIL
   if m.fp8 == "static" and peak > E5M2_MAX:
     raise cfg_lib.ConfigError(
         f"model.fp8_grad_scale={m.fp8_grad_scale:g} overflows E5M2 at init (gradients ~{peak:.3g} > "
-        f"{E5M2_MAX:g}); use 0 (auto: {auto:g}) or at most {auto * E5M2_MAX / GRAD_RMS_PER_UNIT_SCALE / GRAD_TAIL:g}")
+        f"{E5M2_MAX:g}); use 0 (auto: {auto:g}) or at most {auto * E5M2_MAX / GRAD_RMS_PER_UNIT_SCALE / GRAD_TAIL / 2.0**mult:g}")

@@ -361,8 +361,9 @@ def is_byte_tokenizer_json(text: str) -> bool:
       not got.get("added_tokens")
 
 
-def tokenizer_files(spec: str, max_len: int) -> dict[str, bytes]:
-  """{file name: contents} of the HF tokenizer for jaxtrain's `data.tokenizer` (`byte` or a SentencePiece path).
+def tokenizer_files(spec: str, max_len: int, eos_token: str | None = None) -> dict[str, bytes]:
+  """{file name: contents} of the HF tokenizer for jaxtrain's `data.tokenizer` (`byte`, a SentencePiece path, or a
+  tokenizer.json, written as it is with `eos_token`, the run's end-of-document token, in tokenizer_config.json).
 
   SentencePiece (BPE or unigram): a tokenizer.json that follows the model's own normalizer spec, built by
   transformers' `SpmConverter.build_tokenizer_from_spm_proto`, which encodes as `SentencePieceProcessor.encode`
@@ -373,6 +374,14 @@ def tokenizer_files(spec: str, max_len: int) -> dict[str, bytes]:
          "clean_up_tokenization_spaces": False}
   if spec == "byte":
     return {"tokenizer.json": byte_tokenizer_json().encode(), "tokenizer_config.json": json.dumps(cfg).encode()}
+  if spec.endswith(".json"):  # a Hugging Face tokenizer already: the model's tokenizer, byte for byte
+    from jaxtrain import paths  # pylint: disable=g-import-not-at-top
+    if eos_token:
+      cfg["eos_token"] = eos_token
+    return {"tokenizer.json": paths.resolve(spec).read_bytes(), "tokenizer_config.json": json.dumps(cfg).encode()}
+  if not spec.endswith(".model"):  # bpe:N names no file: the run's copy in its workdir does (load_run's config)
+    raise ConfigError(f"cannot export data.tokenizer={spec}: name a tokenizer file (a trained bpe:N is the run's "
+                      "workdir/tokenizer.json)")
   import os  # pylint: disable=g-import-not-at-top
   from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=g-import-not-at-top
   try:

@@ -148,7 +148,7 @@ def collapse_stats(logits, labels, *, output: str = "softmax", dtype=jnp.float32
 
 
 def cross_entropy(logits_BTV, targets_BT, *, z_loss: float = 0.0, dtype=jnp.float32,
-                  output: str = "softmax", collapse: bool = False):
+                  output: str = "softmax", collapse: bool = False, weights_BT=None, weight_sum=None):
   """Mean token cross-entropy (+ z-loss) and per-batch statistics.
 
   `output` is the output activation (softmax | stablemax), `dtype` the
@@ -160,10 +160,17 @@ def cross_entropy(logits_BTV, targets_BT, *, z_loss: float = 0.0, dtype=jnp.floa
   log Σ s(z) for StableMax), all scalars, and `ce_sum`/`tokens` for exact
   averaging across batches. With `collapse=True` aux also has `sc_fraction`
   and `zero_loss_fraction` (`jaxtrain.collapse`), over all tokens, in `dtype`.
+
+  weights_BT: per-token weights (packed rows: 0 where a target is padding or another document's first token),
+  or None. Every mean is then Σ w·x / Σ w, `ce_sum` is Σ w·ce and `tokens` Σ w. `weight_sum` replaces Σ w as
+  the divisor: a microbatch passes the whole batch's Σ w / microbatches, so that the mean over microbatches is
+  the batch's weighted mean exactly (0 counted as 1: a batch with nothing to learn has loss 0).
   """
   dtype = _dtype(dtype)
   per = in_dtype(_per_example(output, stats=collapse), logits_BTV, targets_BT, dtype)
   per = jax.tree.map(lambda x: x.astype(jnp.float32), per)
+  if weights_BT is not None:
+    return _weighted(per, logits_BTV, targets_BT, weights_BT, weight_sum, z_loss, collapse)
   ce_BT, log_z_BT = per["ce"], per["log_z"]
   ce = ce_BT.mean()
   zl = z_loss * jnp.mean(log_z_BT**2)
@@ -178,4 +185,27 @@ def cross_entropy(logits_BTV, targets_BT, *, z_loss: float = 0.0, dtype=jnp.floa
   if collapse:
     aux["sc_fraction"] = jax.lax.stop_gradient(per["collapsed"].mean())
     aux["zero_loss_fraction"] = jax.lax.stop_gradient(per["zero_loss"].mean())
+  return ce + zl, aux
+
+
+def _weighted(per, logits_BTV, targets_BT, weights_BT, weight_sum, z_loss, collapse):
+  """cross_entropy's statistics as weighted means."""
+  w_BT = weights_BT.astype(jnp.float32)
+  total = jnp.sum(w_BT)
+  divisor = total if weight_sum is None else jnp.asarray(weight_sum, jnp.float32)
+  divisor = jnp.where(divisor > 0, divisor, 1.0)
+  mean = lambda x_BT: jnp.sum(w_BT * x_BT) / divisor
+  ce_BT, log_z_BT = per["ce"], per["log_z"]
+  ce, zl = mean(ce_BT), z_loss * mean(log_z_BT**2)
+  aux = {
+      "ce": ce,
+      "z_loss": zl,
+      "accuracy": mean((jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)),
+      "log_z": mean(log_z_BT),
+      "ce_sum": jnp.sum(w_BT * ce_BT),
+      "tokens": total,
+  }
+  if collapse:
+    aux["sc_fraction"] = jax.lax.stop_gradient(mean(per["collapsed"]))
+    aux["zero_loss_fraction"] = jax.lax.stop_gradient(mean(per["zero_loss"]))
   return ce + zl, aux

@@ -40,16 +40,17 @@ from jaxtrain.sharding import constrain, is_axes
 
 
 def matmul(eq: str, x: jax.Array, w: jax.Array, dtype, *, alpha: float = 1.0, recipe=None, side=None,
-           out_dtype=None) -> jax.Array:
+           out_dtype=None, w_axes=None) -> jax.Array:
   """The one dot product of every linear layer: α·einsum(eq, x, w) in the compute dtype, or in FP8.
 
   alpha:     a static output multiplier (μS's 1/√fan_in); 1 adds nothing to the program.
   recipe:    an `fp8.Recipe` (static or delayed FP8 casts) or None (the compute dtype).
   side:      FP8 only: the linear's delayed-scaling state and/or diagnostics probe (see fp8.py).
   out_dtype: the product's dtype where it must not be rounded to the compute dtype (the LM head: float32).
+  w_axes:    FP8 only: w's logical axes; static FP8 casts w while it is still sharded (an FSDP gather moves FP8).
   """
   if recipe is not None:
-    return fp8_lib.einsum(eq, x, w, alpha=alpha, recipe=recipe, out_dtype=dtype, side=side)
+    return fp8_lib.einsum(eq, x, w, alpha=alpha, recipe=recipe, out_dtype=dtype, side=side, w_axes=w_axes)
   y = jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype)
   return y if alpha == 1.0 else y * alpha
 
@@ -76,18 +77,19 @@ class Linear(nnx.Module):
   Its init std, output multiplier and (hidden linears only) FP8 recipe follow the parametrization.
   """
 
-  def __init__(self, eq, shape, axes, *, std, m, rngs, role="hidden"):
+  def __init__(self, eq, shape, axes, *, std, m, rngs, role="hidden", name=""):
     self.eq, self.dtype = eq, jnp.dtype(m.compute_dtype)
     n = fan_in(eq, shape)
     std, self.alpha = munit.init_std(m, std), munit.multiplier(m, role, n)
-    self.recipe = fp8_lib.recipe(m) if role == "hidden" else None
+    self.recipe = fp8_lib.recipe(m, name) if role == "hidden" else None  # name: its FP8 backward scale
     self.out_dtype = jnp.dtype("float32") if role == "head" else None  # logits leave the head unrounded, for the loss
+    self.w_axes = tuple(axes)
     w = std * jax.random.normal(rngs.params(), shape, jnp.dtype(m.param_dtype))
     self.w = nnx.Param(w, axes=axes, info=ParamInfo(role, n))
 
   def __call__(self, x, side=None):
     return matmul(self.eq, x, self.w[...], self.dtype, alpha=self.alpha, recipe=self.recipe, side=side,
-                  out_dtype=self.out_dtype)
+                  out_dtype=self.out_dtype, w_axes=self.w_axes)
 
 
 class Norm(nnx.Module):
@@ -113,12 +115,16 @@ class Norm(nnx.Module):
     return y.astype(x.dtype)
 
 
-def rope(x_BTNK: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half form) at positions 0..T-1."""
+def rope(x_BTNK: jax.Array, theta: float, positions_BT=None) -> jax.Array:
+  """Rotary position embedding (rotate-half form) at positions 0..T-1, or at `positions_BT` (int [B, T])."""
   T, K = x_BTNK.shape[1], x_BTNK.shape[-1]
   freq_k = theta ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)
-  angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * freq_k[None, :]
-  sin, cos = jnp.sin(angle_TK)[None, :, None, :], jnp.cos(angle_TK)[None, :, None, :]
+  if positions_BT is None:
+    angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * freq_k[None, :]
+    sin, cos = jnp.sin(angle_TK)[None, :, None, :], jnp.cos(angle_TK)[None, :, None, :]
+  else:
+    angle_BTK = positions_BT.astype(jnp.float32)[:, :, None] * freq_k
+    sin, cos = jnp.sin(angle_BTK)[:, :, None, :], jnp.cos(angle_BTK)[:, :, None, :]
   x1, x2 = jnp.split(x_BTNK.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BTNK.dtype)
 
@@ -129,10 +135,14 @@ class Attention(nnx.Module):
   def __init__(self, m, *, out_std, rngs):
     D, H, G, K = m.d_model, m.num_heads, cfg_lib.num_kv_heads(m), cfg_lib.head_dim(m)
     self.m = m
-    self.wq = Linear("btd,dhk->bthk", (D, H, K), ("embed", "heads", None), std=m.init_std, m=m, rngs=rngs)
-    self.wk = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs)
-    self.wv = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs)
-    self.wo = Linear("bthk,hkd->btd", (H, K, D), ("heads", None, "embed"), std=out_std, m=m, rngs=rngs)
+    self.wq = Linear("btd,dhk->bthk", (D, H, K), ("embed", "heads", None), std=m.init_std, m=m, rngs=rngs,
+                     name="attn.wq")
+    self.wk = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs,
+                     name="attn.wk")
+    self.wv = Linear("btd,dgk->btgk", (D, G, K), ("embed", "kv_heads", None), std=m.init_std, m=m, rngs=rngs,
+                     name="attn.wv")
+    self.wo = Linear("bthk,hkd->btd", (H, K, D), ("heads", None, "embed"), std=out_std, m=m, rngs=rngs,
+                     name="attn.wo")
     if m.qk_norm:
       self.q_norm = Norm(K, m=m, axis_name=None)
       self.k_norm = Norm(K, m=m, axis_name=None)
@@ -140,10 +150,15 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD):
     return self.attend(x_BTD)[0]
 
-  def attend(self, x_BTD, side=None):
+  def attend(self, x_BTD, side=None, *, segment_ids_BT=None, positions_BT=None, cache=None):
     """(output, max |q·k|/√K over causal pairs; NaN where the fused kernel hides the logits).
 
     `side`: the FP8 linears' side inputs by name (see `fp8_side`), or None.
+    segment_ids_BT: packed rows' documents (attention stays inside each; see attention.py), or None.
+    positions_BT:   RoPE's positions (int [B, T]; default 0..T-1).
+    cache:          decoding (jaxtrain/decode.py): {"k", "v": [B, S, G, K], "index": the first new position};
+                    the T tokens attend to the cache's first `index` entries and to each other causally, and
+                    the output is (out, NaN, (k_BTGK, v_BTGK)): the new entries, for the caller to store.
     """
     m = self.m
     q_BTHK = constrain(self.wq(x_BTD, _at(side, "wq")), ("batch", None, "heads", None))
@@ -151,10 +166,14 @@ class Attention(nnx.Module):
     v_BTGK = constrain(self.wv(x_BTD, _at(side, "wv")), ("batch", None, "kv_heads", None))
     if m.qk_norm:
       q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
-    q_BTHK, k_BTGK = rope(q_BTHK, m.rope_theta), rope(k_BTGK, m.rope_theta)
+    q_BTHK, k_BTGK = rope(q_BTHK, m.rope_theta, positions_BT), rope(k_BTGK, m.rope_theta, positions_BT)
     if (qm := munit.query_multiplier(m, q_BTHK.shape[-1])) != 1.0:
       q_BTHK = q_BTHK * qm
-    out_BTHK, max_logit = attention.causal(q_BTHK, k_BTGK, v_BTGK, attention.kernel(m.attention, m.compute_dtype))
+    if cache is not None:
+      out_BTHK = attention.cached(q_BTHK, k_BTGK, v_BTGK, cache["k"], cache["v"], cache["index"])
+      return self.wo(out_BTHK, _at(side, "wo")), jnp.float32(jnp.nan), (k_BTGK, v_BTGK)
+    out_BTHK, max_logit = attention.causal(q_BTHK, k_BTGK, v_BTGK, attention.kernel(m.attention, m.compute_dtype),
+                                           segment_ids_BT)
     return self.wo(out_BTHK, _at(side, "wo")), max_logit
 
 
@@ -167,8 +186,9 @@ class Mlp(nnx.Module):
     D, F = m.d_model, cfg_lib.mlp_dim(m)
     self.kind = m.mlp
     C = 2 if m.mlp == "swiglu" else 1  # SwiGLU's gate and up projections are one matmul: [D, 2, F]
-    self.wi = Linear("btd,dcf->btcf", (D, C, F), ("embed", None, "mlp"), std=m.init_std, m=m, rngs=rngs)
-    self.down = Linear("btf,fd->btd", (F, D), ("mlp", "embed"), std=out_std, m=m, rngs=rngs)
+    self.wi = Linear("btd,dcf->btcf", (D, C, F), ("embed", None, "mlp"), std=m.init_std, m=m, rngs=rngs,
+                     name="mlp.wi")
+    self.down = Linear("btf,fd->btd", (F, D), ("mlp", "embed"), std=out_std, m=m, rngs=rngs, name="mlp.down")
 
   def __call__(self, x_BTD, side=None):
     wi = self.wi
@@ -236,16 +256,23 @@ class Block(nnx.Module):
     self.attn_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
     self.mlp_out_norm = Norm(m.d_model, m=m, learnable=n.out_norm_scale) if peri else None
 
-  def __call__(self, x_BTD, layer, kind: str, collect: bool = False, side=None):
+  def __call__(self, x_BTD, layer, kind: str, collect: bool = False, side=None, *, segment_ids_BT=None,
+               positions_BT=None, cache=None):
     """`layer` is 0-based (traced under scan); `kind` is this layer's wiring (see placement.py).
 
     With `collect`, returns (output, {"attn_max_logit": ...}). `side`: this layer's FP8 side inputs or None.
+    `segment_ids_BT`, `positions_BT`, `cache`: see `Attention.attend`; with a cache, the stats also hold "kv",
+    this layer's new (k, v) entries.
     """
     stats = {}
 
     def attn(h_BTD):
-      out_BTD, stats["attn_max_logit"] = self.attn.attend(h_BTD, _at(side, "attn"))
-      return out_BTD
+      out = self.attn.attend(h_BTD, _at(side, "attn"), segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
+                             cache=cache)
+      stats["attn_max_logit"] = out[1]
+      if cache is not None:
+        stats["kv"] = out[2]
+      return out[0]
 
     wire = functools.partial(placement.residual, kind, layer=layer, tau=self.tau)
     x_BTD = wire(x_BTD, attn, self.attn_norm, self.attn_out_norm)
@@ -282,13 +309,16 @@ class Transformer(nnx.Module):
     if not m.tie_embeddings:
       self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs, role="head")
 
-  def __call__(self, tokens_BT, side=None):
-    return self.logits(self.hidden(tokens_BT, side=side))
+  def __call__(self, tokens_BT, side=None, *, segment_ids_BT=None):
+    return self.logits(self.hidden(tokens_BT, side=side, segment_ids_BT=segment_ids_BT))
 
-  def hidden(self, tokens_BT, *, skip=None, collect=False, keep_states=False, side=None):
+  def hidden(self, tokens_BT, *, skip=None, gate=None, collect=False, keep_states=False, side=None,
+             segment_ids_BT=None, cache=None):
     """The residual stream after the last block (the final norm's input).
 
     skip:    optional bool[L]: layer ℓ is replaced by the identity where skip[ℓ].
+    gate:    optional float[L]: layer ℓ's output is y·g_ℓ + x·(1 − g_ℓ), x its input: MSG's mask
+             ramp for new layers (Yao et al., ICLR 2024; growth/events.py), exact at g = 0 and g = 1.
     collect: also return per-layer statistics {name: [L] array}: `resid_var`
              (mean over tokens of the variance over features, after each block),
              `resid_max_abs` and `attn_max_logit` (max |q·k|/√K over causal pairs).
@@ -296,8 +326,18 @@ class Transformer(nnx.Module):
              layer and after the last, [L+1, B, T, D].
     side:    the FP8 linears' side inputs, `fp8_side(...)` (delayed scaling's state,
              diagnostics probes), or None.
+    segment_ids_BT: int [B, T], the document of each token of packed rows (1, 2, ...; 0 padding), or None:
+             attention stays within each document and RoPE's positions restart at 0 at each.
+    cache:   decoding with a KV cache (jaxtrain/decode.py): {"k", "v": [L, B, S, G, K], "index": the
+             position of tokens_BT's first token}; returns (x_BTD, the cache with the T new entries written
+             at index..index+T-1, "index" unchanged). Not with `collect`.
     """
     m = self.m
+    positions_BT = None
+    if segment_ids_BT is not None:
+      positions_BT = attention.segment_positions(segment_ids_BT)
+    if cache is not None:
+      positions_BT = jnp.broadcast_to(cache["index"] + jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
     x_BTD = self.embed[...][tokens_BT].astype(m.compute_dtype)
     if (em := munit.embed_multiplier(m)) != 1.0:
       x_BTD = x_BTD * em
@@ -307,18 +347,24 @@ class Transformer(nnx.Module):
     block_def, block_params = nnx.split(self.blocks)
     skip_L = jnp.zeros((m.num_layers,), bool) if skip is None else jnp.asarray(skip, bool)
     skip_given = skip is not None
+    gate_L = None if gate is None else jnp.asarray(gate, jnp.float32)
     kinds = placement.layer_kinds(m.norm.placement, m.num_layers, m.norm.mix_post_fraction,
                                    m.norm.mix_post_layers)
     per_layer = []
     for kind, first, end in placement.segments(kinds):  # Mix-LN: one scan per run of equal wiring
 
       def apply_block(x_BTD, xs, kind=kind):
-        params, layer, skip, side_l = xs
-        y_BTD, stats = nnx.merge(block_def, params)(x_BTD, layer, kind, collect=True, side=side_l)
+        params, layer, skip, side_l, gate_l, kv_l = xs
+        cache_l = None if kv_l is None else {"k": kv_l[0], "v": kv_l[1], "index": cache["index"]}
+        y_BTD, stats = nnx.merge(block_def, params)(x_BTD, layer, kind, collect=True, side=side_l,
+                                                    segment_ids_BT=segment_ids_BT, positions_BT=positions_BT,
+                                                    cache=cache_l)
         if skip_given:  # the identity in place of skipped layers
           y_BTD = jnp.where(skip, x_BTD, y_BTD)
+        if gate_l is not None:  # a new layer fading in: y·m + x·(1 − m), so m = 0 is x and m = 1 is y exactly
+          y_BTD = (y_BTD * gate_l + x_BTD * (1 - gate_l)).astype(x_BTD.dtype)
         if not collect:
-          return y_BTD, None
+          return y_BTD, None if cache is None else {"kv": stats["kv"]}
         y32 = y_BTD.astype(jnp.float32)
         stats |= {"resid_var": jnp.mean(jnp.var(y32, axis=-1)), "resid_max_abs": jnp.max(jnp.abs(y32))}
         if keep_states:
@@ -328,7 +374,8 @@ class Transformer(nnx.Module):
       if m.remat != "none":
         apply_block = jax.checkpoint(apply_block, policy=_REMAT[m.remat], prevent_cse=not m.scan_layers)
       xs = (jax.tree.map(lambda a: a[first:end], block_params), jnp.arange(first, end), skip_L[first:end],
-            jax.tree.map(lambda a: a[first:end], _at(side, "blocks")))
+            jax.tree.map(lambda a: a[first:end], _at(side, "blocks")), None if gate_L is None else gate_L[first:end],
+            None if cache is None else (cache["k"][first:end], cache["v"][first:end]))
       if m.scan_layers:
         x_BTD, stats = jax.lax.scan(apply_block, x_BTD, xs)
         per_layer.append(stats)
@@ -336,6 +383,11 @@ class Transformer(nnx.Module):
         for l in range(end - first):
           x_BTD, stats = apply_block(x_BTD, jax.tree.map(lambda a: a[l], xs))
           per_layer.append(jax.tree.map(lambda a: a[None], stats))
+    if cache is not None:  # each layer's new entries, [L, B, T, G, K], written into the cache at once
+      k_LBTGK, v_LBTGK = (jnp.concatenate(a) for a in zip(*(s["kv"] for s in per_layer)))
+      at = (0, 0, cache["index"], 0, 0)
+      return x_BTD, cache | {"k": jax.lax.dynamic_update_slice(cache["k"], k_LBTGK.astype(cache["k"].dtype), at),
+                             "v": jax.lax.dynamic_update_slice(cache["v"], v_LBTGK.astype(cache["v"].dtype), at)}
     if not collect:
       return x_BTD
     stats = jax.tree.map(lambda *a: jnp.concatenate(a), *per_layer)

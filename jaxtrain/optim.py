@@ -22,7 +22,11 @@ norm gains or biases; `optim.weight_decay_mode`):
                                               the same λ means the same thing at every width and learning rate
 
 The update (`optim.name`): AdamW's m̂/(√v̂ + ε) or Lion's sign((1−β1)·g + β1·m),
-m ← β2·m + (1−β2)·g (Chen et al. 2023, arXiv 2302.06675).
+m ← β2·m + (1−β2)·g (Chen et al. 2023, arXiv 2302.06675), or Muon (jaxtrain/muon.py): the hidden matrices
+(role `hidden`) take Newton–Schulz orthogonalized Nesterov momentum, one matrix per layer and per fused
+projection, times the shape factor of `optim.muon.scale`; embedding, head and norms take AdamW with optim.b1,
+b2, eps. A hidden matrix's c(p) is the rule's multiplier times `optim.muon.lr_scale`; the decay follows the
+same rules as for every optimizer (with η·c, not the shape factor: Keller's and Moonlight's p ← p·(1 − η·λ)).
 
 The learning rate is a function of the train step, passed to each update
 (`tx.update(grads, opt_state, params, step=state["step"])`), not of a count kept
@@ -41,19 +45,21 @@ import ml_collections
 import optax
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import model, sharding
+from jaxtrain import model, muon, sharding
 from jaxtrain.orthograd import orthograd
 
 log = logging.getLogger(__name__)
 
-NAMES = ("adamw", "lion")
+NAMES = ("adamw", "lion", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
 LR_RULES = ("none", "mus", "sp")
 DECAY_MODES = ("coupled", "independent")
 DECAYED_ROLES = ("embedding", "hidden", "head")  # norm gains and biases are never decayed
 ROLES = DECAYED_ROLES + ("norm",)
 # Defaults where optim.b1, b2, eps are None: the optimizers' own (AdamW as jaxtrain always had; Lion's paper).
-DEFAULTS = {"adamw": dict(b1=0.9, b2=0.95, eps=1e-8), "lion": dict(b1=0.9, b2=0.99)}
+# Muon's: those of its AdamW group (embedding, head, norms); its own momentum is optim.muon.beta.
+DEFAULTS = {"adamw": dict(b1=0.9, b2=0.95, eps=1e-8), "lion": dict(b1=0.9, b2=0.99),
+            "muon": dict(b1=0.9, b2=0.95, eps=1e-8)}
 # Tensors that hold several parameters: params path -> the axis (of the per-layer shape) that indexes them.
 # SwiGLU's wi is [gate, up] (model.Mlp); ⊥Grad projects each on its own (jaxtrain/orthograd.py).
 FUSED = {("blocks", "mlp", "wi", "w"): 1}
@@ -106,10 +112,29 @@ def check(config, target: cfg_lib.Target) -> None:  # pylint: disable=unused-arg
   if o.name == "lion" and o.eps is not None:
     raise cfg_lib.ConfigError(
         f"optim.eps={o.eps}: Lion has no ε (its update is a sign); leave optim.eps unset for lion")
+  if o.name == "muon":
+    check_muon(config)
   if o.weight_decay_mode == "independent" and not o.weight_decay < 1:
     raise cfg_lib.ConfigError(
         f"optim.weight_decay={o.weight_decay} with weight_decay_mode=independent multiplies weights by 1 - λ each "
         "step: λ must be < 1 (coupled λ = 0.1 at η = 1e-3 is 1e-4 here)")
+
+
+def check_muon(config) -> None:
+  """optim.muon's fields, and every parameter of the model readable by Muon (a role; hidden ones as matrices)."""
+  mu = config.optim.muon
+  cfg_lib.check_choices(config, {"optim.muon.scale": muon.SCALES})
+  cfg_lib.check_positive({"optim.muon.lr_scale": mu.lr_scale, "optim.muon.ns_steps": mu.ns_steps})
+  if not 0 <= mu.beta < 1:
+    raise cfg_lib.ConfigError(f"optim.muon.beta={mu.beta} must be in [0, 1)")
+  if config.growth.events:  # growth.grow_opt_state moves moments shaped like the params; Muon's are masked
+    raise cfg_lib.ConfigError("optim.name=muon cannot grow the model mid-run yet (growth.events): grow with "
+                              "optim.name=adamw or lion, or grow offline (python -m jaxtrain.grow --opt reset)")
+  _, abstract, axes = model.abstract(config.model)
+  try:
+    muon_matrices(model.param_info(config.model), abstract, axes)
+  except ValueError as e:
+    raise cfg_lib.ConfigError(str(e)) from None
 
 
 def schedule_caveats(o, train_steps: int) -> list[str]:
@@ -203,6 +228,26 @@ def projection_units(axes_tree):
   return units
 
 
+def muon_matrices(info_tree, abstract_params, axes_tree):
+  """A tree like the params: muon.Matrix for each hidden tensor (per layer, FUSED tensors split), None elsewhere.
+
+  Muon or AdamW is chosen by each parameter's declared role; a parameter with none is an error.
+  """
+  batch_axes = projection_units(axes_tree)  # the stacked layers axis and FUSED axes: one matrix per index
+  is_leaf = lambda x: x is None or model.is_info(x)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(info_tree, is_leaf=is_leaf)
+  shapes, units = treedef.flatten_up_to(abstract_params), treedef.flatten_up_to(batch_axes)
+  out = []
+  for (path, info), shape, unit in zip(paths, shapes, units):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    role = getattr(info, "role", None)
+    if role not in ROLES:
+      raise ValueError(f"optim.name=muon: parameter {name} has no optimizer role ({role!r}); declare "
+                       f"info=model.ParamInfo(role, fan_in) with role in {ROLES} where jaxtrain/model.py makes it")
+    out.append(muon.matrix_dims(shape.shape, info.fan_in, unit, name) if role == "hidden" else None)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def scale_by_schedule_at_step(lr: optax.Schedule, peak: float, lr_mult, mask, weight_decay: float,
                               mode: str) -> optax.GradientTransformationExtraArgs:
   """The last link: u ← −η_t·c·u and the weight decay of `mode`, with η_t = lr(step) for `update(..., step=)`.
@@ -246,7 +291,7 @@ def make(config, axes_tree, lr_schedule: optax.Schedule | None = None,
 
   The chain: global-norm clipping, ⊥Grad if `optim.orthograd` (per parameter:
   each layer's slice of a stacked tensor and each of SwiGLU's gate and up on its
-  own), AdamW's or Lion's scaling, then the learning rate of each group and the
+  own), AdamW's, Lion's or Muon's scaling, then the learning rate of each group and the
   weight decay. The schedule is what the logs report; a group's rate is it times
   its multiplier (`lr_multipliers`).
   """
@@ -262,11 +307,23 @@ def make(config, axes_tree, lr_schedule: optax.Schedule | None = None,
     parts.append(optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]))
   elif o.name == "lion":
     parts.append(optax.scale_by_lion(b1=h["b1"], b2=h["b2"]))
+  elif o.name == "muon":  # Muon on the hidden matrices, AdamW on the rest, by declared role
+    matrices = muon_matrices(info, model.abstract(m)[1], axes_tree)
+    labels = jax.tree.map(lambda x: "adamw" if x is None else "muon", matrices,
+                          is_leaf=lambda x: x is None or isinstance(x, muon.Matrix))
+    parts.append(optax.partition(
+        {"muon": optax.chain(
+            muon.scale_by_muon(matrices, beta=o.muon.beta, ns_steps=o.muon.ns_steps, nesterov=o.muon.nesterov),
+            muon.scale_by_shape(matrices, o.muon.scale)),
+         "adamw": optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"])}, labels))
   else:
     raise ValueError(f"unknown optim.name {o.name!r}; choose one of {NAMES}")
   if o.weight_decay_mode not in DECAY_MODES:
     raise ValueError(f"unknown optim.weight_decay_mode {o.weight_decay_mode!r}; choose one of {DECAY_MODES}")
   base_info = model.param_info(base_model(m, m.mus.d_base)) if o.lr_rule == "mus" else None
   mult = lr_multipliers(o.lr_rule, info, m.d_model, m.mus.d_base, base_info)
+  if o.name == "muon":  # the Muon group's rate (its decay too, as in Keller's and Moonlight's code)
+    mult = jax.tree.map(lambda c, x: c if x is None else c * o.muon.lr_scale, mult, matrices,
+                        is_leaf=lambda x: x is None or isinstance(x, muon.Matrix))
   parts.append(scale_by_schedule_at_step(lr, peak, mult, decay_mask(info), o.weight_decay, o.weight_decay_mode))
   return optax.chain(*parts), lr

@@ -8,12 +8,13 @@ lengths, vocabulary; it resolves the mesh) and then each feature's
 
 from __future__ import annotations
 
-from jaxtrain import attention, fp8, growth, hosts, munit, optim, placement, stablemax
+from jaxtrain import attention, data, downstream, fp8, growth, hosts, munit, optim, placement, profiling, stablemax
+from jaxtrain import trackers
 from jaxtrain import config as cfg_lib
 
 # The order the features are checked in, after config.check: the first failing rule is the one reported.
 CHECKS = (hosts.check, placement.check, attention.check, stablemax.check, optim.check, munit.check, fp8.check,
-          growth.check)
+          growth.check, data.check, trackers.check, profiling.check, downstream.check)
 
 
 def validate(config, num_devices: int, vocab_size: int | None = None, platform: str | None = None,

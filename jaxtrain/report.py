@@ -17,6 +17,7 @@ mean and spread over seeds, and verdicts computed from the data.
   mean_curve(cs), mean_curves(ms, *path), mean_rows(rows, key)   curves and grid points averaged over seeds
   fp8_cells(fs), fp8_per_linear(fs)        FP8 health (jaxtrain.plots.fp8_stats) over seeds, as cells and text
   verdict(measured, predicted, band), at_least(...), at_most(...), tally(bools)   a Verdict that can come out either way
+  difference(a, b), compare(a, b)          a − b over seeds with its 95% confidence interval; lower, higher or a tie
   last_per_step(rows), smooth(curve, k), first_reach(curve, level), at(curve, x)   curves of (x, y, ...) points
   speedup(ref, curve, level), speedup_cell(ps)   the compute speed-up at equal loss, and as text over seeds
   grid_optimum([(x, y, ok)])               a sweep's best point, at the grid's edge or not, its parabola estimate
@@ -550,3 +551,78 @@ def at_most(measured, threshold: float, *, yes: str = "yes", no: str = "no",
     return Verdict(unmeasured, None, unmeasured)
   ok = mean <= threshold
   return Verdict(yes if ok else no, ok, f"{_describe(measured)} {'≤' if ok else '>'} {threshold:.4g}")
+
+
+# Two-sided 95% quantiles of Student's t, degrees of freedom 1..30 (beyond: the normal's 1.96).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: float) -> float:
+  """The two-sided 95% quantile of Student's t with `df` degrees of freedom (rounded down; ≥ 1)."""
+  k = max(1, int(df))
+  return T975[k - 1] if k <= len(T975) else 1.96
+
+
+class Difference(NamedTuple):
+  """a − b over seeds: the mean difference, its 95% confidence interval (lo, hi; None with fewer than two
+  values on a side), the number of seeds (pairs, or the smaller side unpaired) and whether it was paired."""
+  mean: float | None
+  lo: float | None
+  hi: float | None
+  n: int
+  paired: bool
+
+
+def difference(a, b, *, paired: bool = True) -> Difference:
+  """a − b with a 95% confidence interval over seeds. `paired` (both lists of one value per seed, in the same seed
+  order and of equal length, None where a seed is missing): the interval of the mean of the per-seed differences,
+  d̄ ± t₀.₉₇₅(n−1)·s_d/√n (the seeds pair runs that share data order; pairing removes what they share); else, or
+  when the lengths differ, Welch's interval for the difference of the means."""
+  a = [a] if a is None or isinstance(a, (int, float)) else list(a)
+  b = [b] if b is None or isinstance(b, (int, float)) else list(b)
+  if paired and len(a) == len(b):
+    d = _values([None if x is None or y is None else x - y for x, y in zip(a, b)])
+    mean, sd, n = mean_spread(d)
+    if n < 2:
+      return Difference(mean, None, None, n, True)
+    half = t975(n - 1) * sd / math.sqrt(n)
+    return Difference(mean, mean - half, mean + half, n, True)
+  (ma, sa, na), (mb, sb, nb) = mean_spread(a), mean_spread(b)
+  if not na or not nb:
+    return Difference(None, None, None, 0, False)
+  mean = ma - mb
+  if na < 2 or nb < 2:
+    return Difference(mean, None, None, min(na, nb), False)
+  va, vb = sa * sa / na, sb * sb / nb
+  se = math.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1)) if se > 0 else na + nb - 2
+  half = t975(df) * se
+  return Difference(mean, mean - half, mean + half, min(na, nb), False)
+
+
+def compare(a, b, *, names=("a", "b"), fmt: str = "{:+.4f}", paired: bool = True, lower: str = "lower",
+            higher: str = "higher", tie: str = "within seed noise", undecided: str = "too few seeds: undecided",
+            unmeasured: str = "not measured", min_seeds: int = 3) -> Verdict:
+  """Whether a is lower than b over seeds, as a Verdict that can come out three ways: `lower` (agrees: the 95%
+  interval of a − b lies below 0), `higher` (it lies above 0) or `tie` (it contains 0: the difference is within
+  the seeds' noise); `undecided` with fewer than `min_seeds` seeds (a verdict rests on at least three; the
+  interval is still shown from two), `unmeasured` without data. `agrees` is True only for `lower` (None without
+  data). A claim "a is higher than b" is compare(b, a). The text: "a − b = d̄ (95% CI lo to hi, paired over n
+  seeds)"."""
+  d = difference(a, b, paired=paired)
+  if d.mean is None:
+    return Verdict(unmeasured, None, unmeasured)
+  show = fmt.format
+  text = f"{names[0]} − {names[1]} = {show(d.mean)}"
+  if d.lo is None:
+    return Verdict(undecided, False, text + f" ({d.n} seed{'s' if d.n != 1 else ''}: no interval)")
+  if d.n < min_seeds:
+    return Verdict(undecided, False, text + f" (95% CI {show(d.lo)} to {show(d.hi)} over {d.n} seeds, fewer than "
+                                            f"the {min_seeds} a verdict needs)")
+  text += (f" (95% CI {show(d.lo)} to {show(d.hi)}, {'paired over' if d.paired else 'Welch,'} {d.n} seeds)")
+  if d.hi < 0:
+    return Verdict(lower, True, text)
+  if d.lo > 0:
+    return Verdict(higher, False, text)
+  return Verdict(tie, False, text)

@@ -4,6 +4,7 @@
     run = jt.load_run("runs/default")   # config, metrics, checkpoints; reads, never writes
     model = run.model()                 # the latest checkpoint's parameters on one device; no optimizer
     logits_BTV = model(tokens_BT)
+    run.summary["time/compile"]         # how it ended: step, final eval loss, where the wall time went
     print(run.generate("def main(", max_new_tokens=200, temperature=0.8))
 
 Everything comes from the workdir itself: the resolved config each checkpoint
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from typing import Any
 
@@ -101,6 +103,14 @@ class Run:
       self._metrics_key, self._metrics = key, frame
     return self._metrics.copy()
 
+  @property
+  def summary(self) -> dict | None:
+    """How the run's last segment ended (`summary.json`): step, stopped_by, final_eval_loss, and where its wall time
+    went, `time/compile`, `time/train`, `time/eval`, `time/save`, `time/data`, ... in seconds (loop.Breakdown);
+    None if no segment has ended. Each segment's breakdown is also a line of `metrics` (`time/total` not NaN)."""
+    file = self.path / "summary.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
   def config_at(self, step: int) -> ml_collections.ConfigDict:
     """The resolved config checkpoint `step` was written with (after growth: the model it had at that step)."""
     self._check_step(step)
@@ -109,7 +119,12 @@ class Run:
       saved = ocp.JsonCheckpointHandler().restore(item)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f"load_run: checkpoint step {step} in {self.workdir} has no readable config ({e})") from e
-    return cfg_lib.from_json(saved)
+    config = cfg_lib.from_json(saved)
+    from jaxtrain.data import tokenizer  # pylint: disable=import-outside-toplevel  # TFDS: only when asked for
+    copy = tokenizer.workdir_copy(self.path, config.data)
+    if copy is not None:  # the tokenizer file the run kept (train.py), wherever its original went
+      config.data.tokenizer = str(copy)
+    return config
 
   def model(self, step: int | None = None, *, device: jax.Device | None = None) -> Model:
     """The parameters of checkpoint `step` (default: the latest) on `device` (default: the first), as a `Model`.
@@ -127,13 +142,13 @@ class Run:
     return Model(config, graphdef, jax.device_put(params, device), step)
 
   def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 1.0, top_k: int | None = None,
-               step: int | None = None, seed: int = 0) -> str:
+               step: int | None = None, seed: int = 0, method: str = "cache") -> str:
     """The prompt's continuation as text, sampled from checkpoint `step` (default: the latest); see `Model.generate`."""
     step = self._check_step(step)
     if self._sampled is None or self._sampled[0] != step:  # a model of its own: one the caller edits is not reused
       self._sampled = (step, self.model(step))
     return self._sampled[1].generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                     seed=seed)
+                                     seed=seed, method=method)
 
   def eval_batch(self, batch_size: int = 8, seq_len: int | None = None) -> dict:
     """The first `batch_size` rows of the run's validation data: {'inputs', 'targets'} int32[B, T] (numpy).
@@ -180,16 +195,18 @@ class Model:
 
   @functools.cached_property
   def tokenizer(self):
-    """The run's tokenizer (`data.tokenizer`: bytes or a SentencePiece model): `encode(text)`, `decode(ids)`."""
+    """The run's tokenizer (`data.tokenizer`: bytes, SentencePiece or a tokenizer.json; the copy the run kept in its
+    workdir, see `Run.config_at`): `encode(text)`, `decode(ids)`."""
     from jaxtrain.data import tokenizer  # pylint: disable=import-outside-toplevel
     return tokenizer.make_tokenizer(self.config.data)
 
   def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 1.0, top_k: int | None = None,
-               seed: int = 0) -> str:
-    """The text sampled after `prompt` (the prompt not included); temperature 0 is greedy. See `jaxtrain.sample`."""
+               seed: int = 0, method: str = "cache") -> str:
+    """The text sampled after `prompt` (the prompt not included); temperature 0 is greedy; `method`: 'cache' (a KV
+    cache) or 'window' (the reference: the whole window per token). See `jaxtrain.sample`."""
     from jaxtrain import sample  # pylint: disable=import-outside-toplevel
     return sample.generate_text(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                seed=seed)
+                                seed=seed, method=method)
 
 
 @functools.partial(jax.jit, static_argnums=0)

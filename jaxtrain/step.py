@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxtrain import collapse, losses, model, sharding
+from jaxtrain import collapse, growth, losses, model, sharding
 from jaxtrain import diagnostics as diagnostics_lib
 from jaxtrain import fp8 as fp8_lib
 
@@ -44,13 +44,20 @@ def make_state_fn(config, tx):
   return init_state
 
 
-def _loss(config, logits_BTV, targets_BT, collapse_stats=False):
-  """The configured loss: output activation, precision and z-loss, in one place for train and eval."""
-  return losses.cross_entropy(logits_BTV, targets_BT, z_loss=config.train.z_loss, dtype=config.train.loss_dtype,
-                              output=config.model.output, collapse=collapse_stats)
+def _loss(config, logits_BTV, batch, collapse_stats=False):
+  """The configured loss: output activation, precision and z-loss, in one place for train and eval; weighted by
+  batch["weights"] where packed rows carry them (data.document_mask), over `weight_sum` in a microbatch."""
+  return losses.cross_entropy(logits_BTV, batch["targets"], z_loss=config.train.z_loss,
+                              dtype=config.train.loss_dtype, output=config.model.output, collapse=collapse_stats,
+                              weights_BT=batch.get("weights"), weight_sum=batch.get("weight_sum"))
 
 
-def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False, param_axes=None):
+def _segments(config, batch):
+  """The packed rows' segment ids for the model when data.document_mask is on, else None (the causal model)."""
+  return batch.get("segment_ids") if config.data.get("document_mask", False) else None
+
+
+def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False, param_axes=None, ramp=None):
   """train_step(state, batch) -> (state, metrics), with gradient accumulation over microbatches.
 
   Metrics: loss, ce, accuracy, log_z, z_loss (if on), grad_norm, param_norm, learning_rate, finite. With
@@ -62,6 +69,9 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   FP8 (model.fp8): the loss is also differentiated with respect to the FP8 linears' side inputs
   (`model.fp8_side`): their cotangents are delayed scaling's new state (`state["fp8"]`) and, with
   `diagnostics`, the casts' statistics `layers/fp8/<linear>/<x|w|g>_<rms|underflow|saturation>`.
+
+  `ramp` (a growth phase's `growth.Ramp`, else None): new layers fade in by a gate computed from the step
+  (`growth.layer_gate`, MSG's mask); without it the step has no gate.
   """
   t = config.train
   num_micro = t.microbatches
@@ -69,14 +79,18 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   probes = diagnostics and config.model.fp8 != "none"
   collapse_stats = diagnostics or t.collapse_metrics
 
-  def loss_fn(params, side, batch):
+  def loss_fn(params, side, batch, gate):
     model_ = nnx.merge(graphdef, params)
+    seg = _segments(config, batch)
     if diagnostics:
-      x_BTD, layer_stats = model_.hidden(batch["inputs"], collect=True, side=side)
+      x_BTD, layer_stats = model_.hidden(batch["inputs"], gate=gate, collect=True, side=side, segment_ids_BT=seg)
       logits_BTV = model_.logits(x_BTD)
+    elif gate is not None:
+      logits_BTV = model_.logits(model_.hidden(batch["inputs"], gate=gate, side=side, segment_ids_BT=seg))
+      layer_stats = {}
     else:
-      logits_BTV, layer_stats = model_(batch["inputs"], side=side), {}
-    loss, aux = _loss(config, logits_BTV, batch["targets"], collapse_stats=collapse_stats)
+      logits_BTV, layer_stats = model_(batch["inputs"], side=side, segment_ids_BT=seg), {}
+    loss, aux = _loss(config, logits_BTV, batch, collapse_stats=collapse_stats)
     return loss, aux | {f"layers/{k}": v for k, v in layer_stats.items()}
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)  # side: None unless FP8 needs it
@@ -84,17 +98,20 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   def train_step(state, batch):
     params = state["params"]
     side = model.fp8_side(config.model, state.get("fp8"), probes)
+    gate = None if ramp is None else growth.layer_gate(ramp, state["step"])
     if num_micro == 1:
-      (loss, aux), (grads, side_ct) = grad_fn(params, side, batch)
+      (loss, aux), (grads, side_ct) = grad_fn(params, side, batch, gate)
     else:
       micro = _microbatches(batch, num_micro)
+      if "weights" in batch:  # each microbatch's weighted mean over the batch's Σ w / M: their mean is the batch's
+        micro["weight_sum"] = jnp.full((num_micro,), jnp.sum(batch["weights"].astype(jnp.float32)) / num_micro)
 
       def accumulate(acc, mb):
-        (loss, aux), (grads, side_ct) = grad_fn(params, side, mb)
+        (loss, aux), (grads, side_ct) = grad_fn(params, side, mb, gate)
         return (jax.tree.map(jnp.add, acc[0], (loss, grads)), fp8_lib.combine(acc[1], side_ct)), aux
 
       (loss_shape, _), (grads_shape, side_shape) = jax.eval_shape(
-          lambda: grad_fn(params, side, jax.tree.map(lambda x: x[0], micro)))
+          lambda: grad_fn(params, side, jax.tree.map(lambda x: x[0], micro), gate))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), ((loss_shape, grads_shape), side_shape))
       ((loss, grads), side_ct), aux_M = jax.lax.scan(accumulate, zeros, micro)
       loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
@@ -143,18 +160,26 @@ def _microbatches(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
-def make_eval_step(config, graphdef):
-  """eval_step(params, batch) -> (sum of token losses, number of tokens), in train.microbatches passes."""
+def make_eval_step(config, graphdef, ramp=None):
+  """eval_step(params, batch) -> (sum of token losses, number of tokens), in train.microbatches passes.
 
-  def sums(params, batch):
-    logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
-    _, aux = _loss(config, logits_BTV, batch["targets"])
+  With a growth phase's `ramp`: eval_step(params, batch, step), the model gated as the train step at `step`."""
+
+  def sums(params, batch, step=None):
+    model_ = nnx.merge(graphdef, params)
+    seg = _segments(config, batch)
+    if ramp is None:
+      logits_BTV = model_(batch["inputs"], segment_ids_BT=seg)
+    else:
+      logits_BTV = model_.logits(model_.hidden(batch["inputs"], gate=growth.layer_gate(ramp, step),
+                                               segment_ids_BT=seg))
+    _, aux = _loss(config, logits_BTV, batch)
     return aux["ce_sum"], aux["tokens"]
 
-  def eval_step(params, batch):
+  def eval_step(params, batch, *step):
     if config.train.microbatches == 1:
-      return sums(params, batch)
-    per_micro = jax.lax.map(lambda mb: sums(params, mb), _microbatches(batch, config.train.microbatches))
+      return sums(params, batch, *step)
+    per_micro = jax.lax.map(lambda mb: sums(params, mb, *step), _microbatches(batch, config.train.microbatches))
     return jax.tree.map(lambda x: x.sum(0), per_micro)
 
   return eval_step
@@ -164,11 +189,12 @@ EVAL_IN_FLIGHT = 8  # eval steps queued before waiting: ~50 unwaited collective 
                     # collectives (jax-ml/jax#25861, openxla/xla#32115)
 
 
-def evaluate_batches(eval_step, params, batches) -> dict:
-  """Mean token loss and perplexity over `batches`, with at most EVAL_IN_FLIGHT eval steps queued at a time."""
+def evaluate_batches(eval_step, params, batches, step=None) -> dict:
+  """Mean token loss and perplexity over `batches`, with at most EVAL_IN_FLIGHT eval steps queued at a time.
+  `step`: the train step, for an eval step that takes one (a growth phase's mask ramp)."""
   sums = []
   for i, b in enumerate(batches):
-    sums.append(eval_step(params, b))
+    sums.append(eval_step(params, b) if step is None else eval_step(params, b, step))
     if (i + 1) % EVAL_IN_FLIGHT == 0:
       jax.block_until_ready(sums[-1])  # steps run in order: the last done means all done
   ce_sum, tokens = np.sum(jax.device_get(sums), axis=0)

@@ -35,8 +35,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def config_file(directory, data_dir, **overrides) -> str:
-  """A config file for the CLI: the tests' tiny config with `overrides` ({"train.steps": 12, ...})."""
+def config_file(directory, data_dir, setup: str = "", **overrides) -> str:
+  """A config file for the CLI: the tests' tiny config with `overrides` ({"train.steps": 12, ...}), then the
+  statements `setup` run on it as `c` (what an override cannot add: `c.data.mixture = {...}`)."""
   path = os.path.join(str(directory), "tiny_config.py")
   with open(path, "w") as f:
     f.write(textwrap.dedent(f"""
@@ -44,7 +45,9 @@ def config_file(directory, data_dir, **overrides) -> str:
         sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
         from tiny import tiny_config
         def get_config(arg=None):
-          return tiny_config({data_dir!r}, **{overrides!r})
+          c = tiny_config({data_dir!r}, **{overrides!r})
+          exec({setup!r}, {{"c": c}})
+          return c
     """))
   return path
 

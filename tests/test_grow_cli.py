@@ -144,6 +144,9 @@ def test_inferred_arguments():
   assert resolve("stack", num_layers=8) == [("stack", {"g": 4})]
   assert resolve("g_zero", num_layers=4) == [("g_zero", {"g": 2})]
   assert resolve("g_random", num_layers=3) == [("g_random", {"num_layers": 3})]
+  # a non-integer factor: bert2BERT's and MSG's map, the remainder from the top layers (growth.top_fill_map)
+  assert resolve("stack", num_layers=5) == [("stack", {"g": 2.5})]
+  assert growth.top_fill_map(2, 5) == [0, 1, 0, 1, 1] and growth.top_fill_map(3, 8) == [0, 1, 2, 0, 1, 2, 1, 2]
   assert resolve("g_learn", {"fit_steps": 2}, num_layers=4) == [("g_learn", {"fit_steps": 2, "g": 2})]
   assert resolve("expand_mlp", mlp_dim=80) == [("expand_mlp", {"mlp_dim": 80})]
   assert resolve("add_heads", num_heads=8, num_kv_heads=4, head_dim=8) == [
@@ -160,7 +163,6 @@ def test_inferred_arguments():
 
 
 @pytest.mark.parametrize("ops,args,change,message", [
-    ("stack", {}, dict(num_layers=3), "not a multiple of the model's 2: give the layers explicitly, --arg layer_map"),
     ("stack", {}, dict(num_layers=1), "growth adds layers"),
     ("stack", {}, dict(num_layers=4, d_model=64), "model.d_model is 32, the target's 64: --op=stack does not change "
      "it; add expand_d_model to --op"),

@@ -143,6 +143,7 @@ def _layers(params, path=("attn", "wq", "w")):
     (dict(g=2), [0, 1, 2, 0, 1, 2]),
     (dict(layer_map=growth.interleave_map(3, 2)), [0, 0, 1, 1, 2, 2]),
     (dict(layer_map=[0, 1, 1, 1, 2]), [0, 1, 1, 1, 2]),  # partial stacking, "1-2x3-3"
+    (dict(g=8 / 3), [0, 1, 2, 0, 1, 2, 1, 2]),  # a non-integer factor: the remainder from the top (bert2BERT, MSG)
 ])
 def test_stack_places_the_right_layers(kwargs, expected):
   m = small()
@@ -169,6 +170,34 @@ def test_g_zero_repeats_are_the_identity_on_the_residual():
   np.testing.assert_array_equal(_layers(new_params)[1], _layers(params)[0])  # repeats keep their q, k, v, W_in
 
 
+@pytest.mark.parametrize("layer_map", [[1, 0, 0, 1], [0, 0, 0], [0, 2, 1], [0, 1]])
+def test_g_zero_refuses_maps_it_is_not_exact_for(layer_map):
+  """First appearances out of the small model's order, or missing layers: not function-preserving, so refused in
+  one line, before anything is built (abstract parameters), and by growth.plan before anything compiles."""
+  m = small()
+  with pytest.raises(ConfigError, match=r"first appearances .* must be the small model's layers in order") as e:
+    growth.g_zero(m, jax.eval_shape(lambda: model.init(m, jax.random.key(0))), layer_map=layer_map)
+  assert "\n" not in str(e.value)
+  c = cfg_lib.base()
+  c.model = m
+  c.train.steps = 10
+  c.growth.events = ({"step": 5, "op": "g_zero", "layer_map": layer_map},)
+  with pytest.raises(ConfigError, match=r"growth.events\[0\] \(g_zero at step 5\): g_zero: layer_map"):
+    growth.plan(c)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(g=2), [0, 0, 1, 1, 2, 2]), (dict(layer_map=[0, 1, 1, 2, 2, 2]), [0, 1, 1, 2, 2, 2]),
+    (dict(g=5 / 3), [0, 0, 1, 1, 2]),  # prts G_zero_depthwise: ⌊i·L/L̂⌋
+])
+def test_g_zero_is_exact_for_first_appearance_maps(kwargs, expected):
+  m = small()
+  params = perturbed(m)
+  new_m, new_params = growth.g_zero(m, params, **kwargs)
+  np.testing.assert_array_equal(_layers(new_params), _layers(params)[expected])
+  np.testing.assert_allclose(logits(new_m, new_params, TOKENS), logits(m, params, TOKENS), rtol=1e-5, atol=1e-5)
+
+
 def test_g_random_appends_fresh_layers():
   m = small()
   params = perturbed(m)
@@ -191,8 +220,15 @@ def _opt(m, name="adamw"):
   return optim.make(c, model.abstract(m)[2])[0]
 
 
+def test_repeats_and_copies():
+  assert list(growth.repeats([2, 0, 1, 2, -1, 0])) == [False, False, False, True, True, True]
+  (a,) = jax.tree.leaves(growth.without_copies({"w": growth.AxisMap((np.array([0, 1, 0, 1]), np.array([0, -1]))),}),
+                         is_leaf=lambda x: isinstance(x, growth.AxisMap))
+  assert [list(i) for i in a.idx] == [[0, 1, -1, -1], [0, -1]]
+
+
 @pytest.mark.parametrize("name", ["adamw", "lion"])
-def test_opt_state_copy_and_reset(name):
+def test_opt_state_copy_duplicate_and_reset(name):
   m = small()
   params = perturbed(m)
   tx = _opt(m, name)
@@ -207,21 +243,27 @@ def test_opt_state_copy_and_reset(name):
   fresh = new_tx.init(p2)
   abstract = model.abstract(m2)[1]
 
-  copied = growth.grow_opt_state("copy", state, abstract, index_map)
-  assert jax.tree.structure(copied) == jax.tree.structure(fresh)
-  assert jax.tree.map(jnp.shape, copied) == jax.tree.map(jnp.shape, fresh)
-  old_mu, new_mu = state[-2].mu, copied[-2].mu
-  assert int(copied[-2].count) == 2
-  down_old, down_new = old_mu["blocks"]["mlp"]["down"]["w"], new_mu["blocks"]["mlp"]["down"]["w"]
-  np.testing.assert_array_equal(down_new[:, :64], down_old[np.array([2, 0, 1, 2])])  # old slice, moved layers
-  assert float(jnp.abs(down_new[:, 64:]).max()) == 0 and float(jnp.abs(down_old).min()) > 0
-  wi_new = new_mu["blocks"]["mlp"]["wi"]["w"]
-  assert float(jnp.abs(wi_new[..., 64:]).max()) == 0
-  np.testing.assert_array_equal(new_mu["embed"], old_mu["embed"])
-  if name == "adamw":
-    np.testing.assert_array_equal(copied[-2].nu["blocks"]["attn"]["wq"]["w"],
-                                  state[-2].nu["blocks"]["attn"]["wq"]["w"][np.array([2, 0, 1, 2])])
-  new_tx.update(jax.tree.map(jnp.ones_like, p2), copied, p2, step=3)  # the grown state is usable
+  old_mu = state[-2].mu
+  down_old = old_mu["blocks"]["mlp"]["down"]["w"]
+  for policy in ("copy", "duplicate"):
+    copied = growth.grow_opt_state(policy, state, abstract, index_map)
+    assert jax.tree.structure(copied) == jax.tree.structure(fresh)
+    assert jax.tree.map(jnp.shape, copied) == jax.tree.map(jnp.shape, fresh)
+    new_mu = copied[-2].mu
+    assert int(copied[-2].count) == 2
+    down_new = new_mu["blocks"]["mlp"]["down"]["w"]
+    # old slice, moved layers; layer 3 repeats layer 2: MSG's copy gives it fresh (zero) moments, duplicate layer 2's
+    moved = [2, 0, 1, 2] if policy == "duplicate" else [2, 0, 1]
+    np.testing.assert_array_equal(down_new[:len(moved), :64], down_old[np.array(moved)])
+    assert (policy == "duplicate") != (float(jnp.abs(down_new[3]).max()) == 0)
+    assert float(jnp.abs(down_new[:, 64:]).max()) == 0 and float(jnp.abs(down_old).min()) > 0
+    wi_new = new_mu["blocks"]["mlp"]["wi"]["w"]
+    assert float(jnp.abs(wi_new[..., 64:]).max()) == 0
+    np.testing.assert_array_equal(new_mu["embed"], old_mu["embed"])
+    if name == "adamw":
+      np.testing.assert_array_equal(copied[-2].nu["blocks"]["attn"]["wq"]["w"][:len(moved)],
+                                    state[-2].nu["blocks"]["attn"]["wq"]["w"][np.array(moved)])
+    new_tx.update(jax.tree.map(jnp.ones_like, p2), copied, p2, step=3)  # the grown state is usable
 
   reset = growth.grow_opt_state("reset", state, abstract, index_map)
   assert jax.tree.structure(reset) == jax.tree.structure(fresh)
@@ -234,10 +276,101 @@ def test_split_mlp_moments_are_zero_for_new_units():
   m = small()
   params = perturbed(m)
   _, p, index_map = growth.split_mlp(m, params, KEY, mlp_dim=96, with_index_map=True)
-  mu = growth.grow_opt_state("copy", (params,), model.abstract(small(mlp_dim=96))[1], index_map)[0]
+  abstract = model.abstract(small(mlp_dim=96))[1]
+  mu = growth.grow_opt_state("copy", (params,), abstract, index_map)[0]
   np.testing.assert_array_equal(mu["blocks"]["mlp"]["down"]["w"][:, :64], params["blocks"]["mlp"]["down"]["w"])
   assert float(jnp.abs(mu["blocks"]["mlp"]["down"]["w"][:, 64:]).max()) == 0
   assert float(jnp.abs(p["blocks"]["mlp"]["down"]["w"][:, 64:]).max()) > 0  # the values themselves are copies
+  dup = growth.grow_opt_state("duplicate", (params,), abstract, index_map)[0]  # copies: their source's moments
+  src = index_map["blocks"]["mlp"]["down"]["w"].idx[1][64:]
+  np.testing.assert_array_equal(dup["blocks"]["mlp"]["down"]["w"][:, 64:], params["blocks"]["mlp"]["down"]["w"][:, src])
+
+
+def _train(m, params, steps, seed=0):
+  """`steps` AdamW steps on random tokens from a fresh optimizer (the `reset` policy)."""
+  tx = _opt(m)
+  graphdef = model.abstract(m)[0]
+
+  def loss(p, t):
+    return losses.cross_entropy(nnx.merge(graphdef, p)(t[:, :-1]), t[:, 1:])[0]
+
+  @jax.jit
+  def step(p, opt, t, i):
+    updates, opt = tx.update(jax.grad(loss)(p, t), opt, p, step=i)
+    return jax.tree.map(lambda a, u: a + u, p, updates), opt
+
+  opt = tx.init(params)
+  for i in range(steps):
+    params, opt = step(params, opt, jax.random.randint(jax.random.key(seed + i), (4, 17), 0, 64), i + 10)
+  return params
+
+
+def test_split_copies_diverge_only_with_noise():
+  """Under a fresh optimizer a split copy gets its source's gradient exactly and never diverges; split_mlp's
+  `noise` (Net2Net's symmetry breaking) makes the copies drift apart from their sources under training."""
+  m = small()
+  params = perturbed(m)
+  gaps = {}
+  for noise in (0.0, 0.01):
+    new_m, p, imap = growth.split_mlp(m, params, KEY, mlp_dim=96, noise=noise, with_index_map=True)
+    src = imap["blocks"]["mlp"]["wi"]["w"].idx[3][64:]
+    diff = lambda q: q["blocks"]["mlp"]["wi"]["w"][..., 64:] - q["blocks"]["mlp"]["wi"]["w"][..., src]
+    trained = _train(new_m, p, 10)
+    # at the split; and how far training moved copies and sources apart (their updates' difference)
+    gaps[noise] = (float(jnp.abs(diff(p)).max()), float(jnp.abs(diff(trained) - diff(p)).max()))
+  assert gaps[0.0] == (0.0, 0.0)  # identical at the split, and identical updates: identical after 10 steps
+  assert 0 < gaps[0.01][0] < 0.01 and gaps[0.01][1] > 1e-4  # a small start, then different updates
+  new_m, p = growth.split_mlp(m, params, KEY, mlp_dim=96, noise=0.01)
+  np.testing.assert_allclose(logits(new_m, p, TOKENS), logits(m, params, TOKENS), atol=0.05)  # not exact, close
+
+
+def test_a_gate_fades_new_layers_in_exactly():
+  """Transformer.hidden's gate (MSG's mask): g = 0 is the identity for that layer, bit for bit, so G↑random's fresh
+  layers at m = 0 compute the small model; g = 1 is the block itself, bit for bit."""
+  m = small()
+  params = perturbed(m)
+  new_m, new_params = growth.g_random(m, params, KEY, num_layers=5)
+  net = nnx.merge(model.abstract(new_m)[0], new_params)
+  small_x = nnx.merge(model.abstract(m)[0], params).hidden(TOKENS)
+  np.testing.assert_array_equal(net.hidden(TOKENS, gate=jnp.array([1, 1, 1, 0, 0.])), small_x)
+  np.testing.assert_array_equal(net.hidden(TOKENS, gate=jnp.ones(5)), net.hidden(TOKENS))
+  half = net.hidden(TOKENS, gate=jnp.array([1, 1, 1, 0.5, 0.5]))
+  assert not np.allclose(half, small_x, atol=1e-4) and not np.allclose(half, net.hidden(TOKENS), atol=1e-4)
+  ramp = growth.Ramp(start=10, steps=4, new=(False, False, False, True, True))
+  assert [list(np.asarray(growth.layer_gate(ramp, t))) for t in (10, 11, 14, 20)] == [
+      [1, 1, 1, 0, 0], [1, 1, 1, 0.25, 0.25], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("events, message", [
+    (({"step": 5, "op": "expand_mlp", "mlp_dim": 96, "ramp_steps": 3},), "expand_mlp adds none"),
+    (({"step": 5, "op": "g_random", "num_layers": 4, "ramp_steps": 3},
+      {"step": 7, "op": "stack", "g": 2}), "falls inside event 0's mask ramp"),
+    (({"step": 5, "op": "g_random", "num_layers": 4, "ramp_steps": -1},), "ramp_steps=-1 must be an integer >= 0"),
+])
+def test_bad_ramps(events, message):
+  c = cfg_lib.base()
+  c.model = small()
+  c.train.steps = 20
+  c.growth.events = events
+  with pytest.raises(ConfigError, match=message) as e:
+    growth.plan(c)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("event, new", [
+    ({"op": "g_random", "num_layers": 5}, (False,) * 3 + (True,) * 2),
+    ({"op": "stack", "g": 2}, (False,) * 3 + (True,) * 3),  # MSG's copies: the repeats fade in
+    ({"op": "g_zero", "g": 2}, (False, True) * 3),
+    ({"op": "insert_layers", "at": [1]}, (False, True, False, False)),
+])
+def test_the_ramp_fades_in_the_layers_each_operator_adds(event, new):
+  c = cfg_lib.base()
+  c.model = small()
+  c.train.steps = 20
+  c.growth.events = ({"step": 5, "ramp_steps": 4, **event},)
+  assert growth.plan(c)[1].ramp == growth.Ramp(5, 4, new)
+  c.growth.events = ({"step": 5, **event},)
+  assert growth.plan(c)[1].ramp is None
 
 
 # ---------------------------------------------------------------- bad input
@@ -298,3 +431,91 @@ def test_the_package_is_below_the_trainer():
   assert out.stdout.strip() == "[]"
   assert set(growth.__all__) >= {"plan", "Phase", "phase_at", "event_errors", "learn_steps", "grow_state", "total_flops",
                                  "apply", "op_args", "check", *growth.OPERATORS}
+
+
+# ---------------------------------------------------------------- the growth study's verdicts and report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY = os.path.join(ROOT, "experiments", "growth")
+
+
+@functools.lru_cache(maxsize=None)
+def study():
+  from jaxtrain import report  # pylint: disable=import-outside-toplevel
+  return report.load_module(os.path.join(STUDY, "run.py"), "growth_study_run")
+
+
+def fake_study(gaps: dict, speedups: dict | None = None, jumps: dict | None = None):
+  """Per-seed measurements as run.py's `measure` gives them, from each run's loss gaps (and speed-ups, event jumps)."""
+  n = len(next(iter(gaps.values())))
+  speedups, jumps = speedups or {}, jumps or {}
+  ops = {"stack4_x25": "stack", "zero4_x25": "g_zero", "random4_x25": "g_random", "width_x25": "expand_mlp",
+         "random4_x25_nomask": "g_random"}
+  per = []
+  for i in range(n):
+    finals = {r: {"speedup": speedups.get(r, [0.1] * n)[i], "gap_at_end": g[i], "loss_at_end": 1.5 + g[i],
+                  "flops": 1.0} for r, g in gaps.items()}
+    runs = {r: {"run": r, "label": r, "status": "ok", "events": [
+        {"op": ops[r], "step": 10, "ramp_steps": 4, "before": 2.0, "after": 2.0 + jumps.get(r, [0.0] * n)[i]}]}
+        for r in gaps}
+    per.append({"budget": 1.0, "runs": runs, "speedups": {"eval": [{"runs": finals}]}})
+  return per
+
+
+def verdict_of(per, claim):
+  rows = {a: c for a, _, c in study().verdicts(per)}
+  return str(rows[study().cfg.CLAIMS[claim]])
+
+
+@pytest.mark.parametrize("gaps, label", [
+    ([-0.10, -0.12, -0.09], "yes"),  # beats scratch beyond the spread
+    ([0.10, 0.12, 0.09], "no"),  # worse beyond the spread
+    ([-0.10, 0.10, 0.01], "within the spread"),
+    ([-0.10, -0.12], "not judged (2 seeds, needs 3)"),  # fewer than three seeds: no verdict
+])
+def test_study_verdict_on_g_stack_comes_out_every_way(gaps, label):
+  assert verdict_of(fake_study({"stack4_x25": gaps}), "stack") == label
+
+
+@pytest.mark.parametrize("gaps, label", [([0.05, 0.06, 0.04], "yes"), ([-0.05, -0.06, -0.04], "no"),
+                                         ([-0.05, 0.06, 0.0], "within the spread")])
+def test_study_verdict_on_g_random_comes_out_every_way(gaps, label):
+  """The paper: G↑random (MSG-masked) is worse than scratch, a positive gap."""
+  assert verdict_of(fake_study({"random4_x25": gaps}), "random") == label
+
+
+@pytest.mark.parametrize("zero, speedups, label", [
+    ([-0.1, -0.1, -0.1], [0.30, 0.32, 0.31], "yes"),  # beats scratch, speed-up within 10 points of G_stack's 0.3
+    ([-0.1, -0.1, -0.1], [0.60, 0.62, 0.61], "partly"),  # beats scratch, but not ≈ G_stack
+    ([0.1, 0.1, 0.1], [0.60, 0.62, 0.61], "no"),
+])
+def test_study_verdict_on_g_zero_comes_out_every_way(zero, speedups, label):
+  per = fake_study({"stack4_x25": [-0.1] * 3, "zero4_x25": zero},
+                   speedups={"stack4_x25": [0.3] * 3, "zero4_x25": speedups})
+  assert verdict_of(per, "zero") == label
+
+
+@pytest.mark.parametrize("gaps, label", [([-0.1, -0.1, -0.11], "no"), ([0.1, 0.1, 0.11], "yes"),
+                                         ([-0.1, 0.1, 0.0], "yes (within the spread)")])
+def test_study_verdict_on_width_comes_out_every_way(gaps, label):
+  assert verdict_of(fake_study({"width_x25": gaps}), "width") == label
+
+
+@pytest.mark.parametrize("zero_jump, label", [(0.0, "yes"), (0.5, "partly")])
+def test_study_verdict_on_function_preservation(zero_jump, label):
+  per = fake_study({"stack4_x25": [0.1] * 3, "zero4_x25": [0.1] * 3, "random4_x25": [0.1] * 3},
+                   jumps={"stack4_x25": [0.3] * 3, "zero4_x25": [zero_jump] * 3, "random4_x25": [0.0] * 3})
+  assert verdict_of(per, "fp") == label
+
+
+def test_study_report_regenerates_byte_identically_from_summary(tmp_path):
+  """`run.py --report-only` with the runs gone rebuilds the committed report from results/summary.json alone."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copy(os.path.join(STUDY, "results", "summary.json"), tmp_path / "summary.json")
+  subprocess.run([sys.executable, os.path.join(STUDY, "run.py"), "--report-only", "--seeds", "3", "--out",
+                  str(tmp_path), "--runs-dir", str(tmp_path / "no_runs")], check=True, capture_output=True,
+                 env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=ROOT)
+  with open(os.path.join(STUDY, "results", "report.md"), encoding="utf-8") as fh:
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == fh.read()
+  with open(os.path.join(STUDY, "results", "summary.json"), encoding="utf-8") as fh:
+    assert (tmp_path / "summary.json").read_text(encoding="utf-8") == fh.read()

@@ -71,7 +71,7 @@ def test_total_flops_add_up_across_events(tiny):
     ([{"step": 5, "op": "expand_mlp"}], "missing 1 required keyword-only argument: 'mlp_dim'"),
     ([{"step": 5, "op": "add_heads", "num_heads": 6, "num_kv_heads": 4}], "not a multiple of num_kv_heads=4"),
     ([{"step": 5, "op": "expand_head_dim", "head_dim": 12}], "not function-preserving under RoPE"),
-    ([{"step": 5, "op": "stack", "g": 2, "opt": "keep"}], "opt='keep' is not one of ('reset', 'copy')"),
+    ([{"step": 5, "op": "stack", "g": 2, "opt": "keep"}], "opt='keep' is not one of ('reset', 'copy', 'duplicate')"),
     ([{"step": 5, "op": "stack", "g": 2}, {"step": 9, "op": "g_random", "num_layers": 3}], "must exceed the model's 4"),
 ])
 def test_bad_events_are_one_line_errors(tiny, events, message):
@@ -81,7 +81,7 @@ def test_bad_events_are_one_line_errors(tiny, events, message):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(opt="keep"), "growth.opt='keep' is not one of ('reset', 'copy')"),
+    (dict(opt="keep"), "growth.opt='keep' is not one of ('reset', 'copy', 'duplicate')"),
     (dict(lr="cosine"), "growth.lr='cosine' is not one of ('restart_warmup', 'continue', 'rewind')"),
 ])
 def test_growth_policies_are_checked_by_the_growth_package(tiny, fields, message):
@@ -137,6 +137,25 @@ def test_growth_in_the_loop_resumes_exactly_from_a_kill_during_an_event(tiny, tm
   train.train(c, crashed, devices=ONE)  # resumes from step 12 (the small model) and grows again
   assert losses_by_step(crashed) == losses_by_step(str(tmp_path / "ref"))  # bit-identical
   assert [r["step"] for r in read_metrics(crashed) if "growth/event" in r] == [6, 12]  # not written twice
+
+
+def test_a_mask_ramp_in_the_loop_keeps_the_loss_at_growth_then_fades_the_layers_in(tiny, tmp_path):
+  """G↑random with MSG's mask (ramp_steps): the grown model's eval at the event is the small model's, bit for bit,
+  and the first step after it too (m = 0); without the mask the loss moves at the event."""
+  def run(name, *events):
+    c = with_events(tiny(train__steps=12, train__log_every=1, train__eval_every=100), *events)
+    train.train(c, str(tmp_path / name), devices=ONE)
+    rows = read_metrics(str(tmp_path / name))
+    return [r for r in rows if "growth/event" in r][:1], losses_by_step(str(tmp_path / name))
+
+  event = {"step": 5, "op": "g_random", "num_layers": 4}
+  ([masked], m_loss), ([plain], p_loss) = run("masked", dict(event, ramp_steps=4)), run("plain", event)
+  _, small_loss = run("small")  # no growth: the same schedule and batches
+  assert masked["growth/eval_loss_after"] == masked["growth/eval_loss_before"]
+  assert plain["growth/eval_loss_after"] != plain["growth/eval_loss_before"]
+  # the same base to step 5; at step 6 the masked model is the small one (m = 0), the unmasked one is not
+  assert m_loss[5] == p_loss[5] == small_loss[5] and m_loss[6] == small_loss[6] != p_loss[6]
+  assert m_loss[8] != small_loss[8]  # m = 2/4: the new layers act
 
 
 def test_growth_on_the_mesh_gives_the_one_device_state(tiny):

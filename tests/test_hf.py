@@ -275,3 +275,30 @@ def test_import_refuses_a_tokenizer_that_is_not_the_models(data_dir, tmp_path):
   import_hf.check_tokenizer(sp_out, tiny_config(data_dir, **{"data.tokenizer": str(tmp_path / "sp.model")}).data,
                             500)  # its own tokenizer: accepted
   assert not os.path.exists(tmp_path / "ft")
+
+
+def test_a_run_on_files_with_a_tokenizer_json_keeps_and_exports_its_tokenizer(data_dir, tmp_path):
+  """A run on JSONL files with a GPT-2-style tokenizer.json: its workdir keeps the tokenizer, load_run and sampling
+  use that copy after the original is gone, and export writes it as the model's tokenizer.json."""
+  from test_data_files import DOCS, write  # pylint: disable=import-outside-toplevel
+  from test_tokenizers import bpe_json  # pylint: disable=import-outside-toplevel
+  os.makedirs(tmp_path / "gpt2_style")
+  original = bpe_json(tmp_path / "gpt2_style" / "tokenizer.json")
+  kept = open(original, "rb").read()
+  run_dir, hf_dir = str(tmp_path / "run"), str(tmp_path / "hf")
+  config = tiny_config(data_dir, **{"data.name": "files", "data.files": write(str(tmp_path / "corpus"), "jsonl", DOCS),
+                                    "data.tokenizer": original, "model.vocab_size": 320, "train.steps": 4,
+                                    "train.eval_every": 4, "train.checkpoint_every": 4})
+  train.train(config, run_dir, devices=ONE)
+  assert open(os.path.join(run_dir, "tokenizer.json"), "rb").read() == kept
+  os.remove(original)  # the run's copy is what it uses from now on
+  run = load_run(run_dir)
+  assert run.config.data.tokenizer == os.path.join(run_dir, "tokenizer.json")
+  assert isinstance(run.generate("<0042>", max_new_tokens=5, temperature=0.0), str)
+  assert export.main(["--workdir", run_dir, "--out", hf_dir]) == 0
+  assert open(os.path.join(hf_dir, "tokenizer.json"), "rb").read() == kept
+  tok, ours = transformers.AutoTokenizer.from_pretrained(hf_dir), run.model().tokenizer
+  for text in (TEXT, DOCS[7]):
+    assert tok.encode(text, add_special_tokens=False) == ours.encode(text).tolist()
+  assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == ours.eos_id == 0
+  assert transformers.AutoConfig.from_pretrained(hf_dir).eos_token_id == 0

@@ -21,7 +21,8 @@ LAYERS = (
     ("__init__", "config"),  # the schema; jaxtrain/__init__.py imports nothing at load (lazy attributes)
     # the features, each with its own rules (`check(config, target)`)
     ("fp8", "munit", "stablemax", "orthograd", "paths", "hosts", "placement", "sharding", "attention", "losses",
-     "collapse", "diagnostics", "metrics", "flops", "hf", "malloc", "proxies", "sample"),
+     "collapse", "diagnostics", "trackers", "metrics", "profiling", "flops", "hf", "malloc", "proxies", "sample",
+     "decode", "muon", "downstream"),
     ("model",),
     ("optim",),
     ("checkpoint", "data"),
@@ -30,7 +31,7 @@ LAYERS = (
     ("preflight",),  # config.check and every feature's check
     ("train",),
     ("__main__", "compile", "export", "import_hf", "grow", "growth.offline", "sweep", "run", "plots", "analysis",
-     "report", "grokking"),  # tools, CLIs and the notebook-facing libraries
+     "report", "grokking", "evaluate"),  # tools, CLIs and the notebook-facing libraries
 )
 
 

@@ -92,3 +92,68 @@ def test_growth_saves_the_small_model_then_grows():
 
 def test_diagnostics_and_growth_at_one_boundary():
   assert actions(7, growth_steps={7}, diagnostics_every=4) == {"save", "grow", "diagnose"}
+
+
+def test_the_profile_window_starts_and_stops_once():
+  steps = run(profile=(6, 9), memory_profile_step=10)
+  assert [s for s, a in steps.items() if "profile_start" in a] == [6]  # before the step from 6 to 7
+  assert [s for s, a in steps.items() if "profile_stop" in a] == [9]   # after the step from 8 to 9
+  assert [s for s, a in steps.items() if "memory_profile" in a] == [10]
+  assert "profile_start" in actions(0, profile=(0, 20)) and "profile_stop" in actions(20, profile=(0, 20))
+  assert "profile_start" in actions(6, start=6, profile=(6, 9))  # resumed at its start: traced
+  # Resumed inside the window: its start never comes, so neither does a stop.
+  assert not {"profile_start", "profile_stop"} & set().union(*run(start=7, profile=(6, 9)).values())
+  # A stop inside the window ends the trace there; one before it never starts it.
+  assert {"stop", "profile_stop"} <= actions(8, profile=(6, 9), stop_signal=lambda: True)
+  assert "profile_start" not in actions(6, profile=(6, 9), stop_signal=lambda: True)
+  assert "memory_profile" not in actions(10, start=10, memory_profile_step=10)  # no step ran
+
+
+class FakeTime:
+  def __init__(self, monkeypatch):
+    self.now = 100.0
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: self.now)
+
+
+def test_clock_leaves_paused_intervals_and_their_steps_out(monkeypatch):
+  t = FakeTime(monkeypatch)
+  clock = loop.Clock()
+  t.now += 1
+  clock.count()
+  clock.pause()  # a profiled window: its steps neither timed nor counted
+  t.now += 5
+  clock.count()
+  with clock.paused():  # nested: a save inside it
+    t.now += 2
+  assert clock.elapsed() == 1 and clock.steps == 1
+  clock.resume()
+  t.now += 1
+  clock.count()
+  assert clock.elapsed() == 2 and clock.steps == 2
+  clock.pause()
+  clock.restart()  # a log line inside the window
+  t.now += 3
+  clock.resume()
+  assert clock.elapsed() == 0 and clock.steps == 0
+
+
+def test_breakdown_moves_compile_time_out_of_the_phase_it_happened_in(monkeypatch):
+  t, compiled = FakeTime(monkeypatch), [0.0]
+  b = loop.Breakdown(lambda: compiled[0])
+  t.now += 2
+  compiled[0] += 1  # the setup compiles init for 1 s of its 3
+  t.now += 1
+  b.lap("setup")
+  with b.phase("train"):  # the first step: 4 s compiling, 1 s running
+    t.now += 5
+    compiled[0] += 4
+  t.now += 0.5  # between phases: other
+  with b.phase("eval"), b.phase("log"):  # nested: charged to the outer
+    t.now += 2
+  with b.phase("data"):
+    t.now += 0.25
+  totals = b.totals()
+  assert totals == {"compile": 5, "train": 1, "eval": 2, "save": 0, "data": 0.25, "log": 0, "profile": 0, "grow": 0,
+                    "setup": 2, "other": 0.5, "total": 10.75}
+  assert b.line() == ("wall time 10.8 s: compiling 5.0 s (47%), evaluation 2.0 s (19%), setup 2.0 s (19%), training "
+                      "steps 1.0 s (9%), other 0.5 s (5%), waiting for data 0.2 s (2%)")

@@ -226,7 +226,7 @@ def test_update_without_the_step_is_an_error(tiny):
 
 @pytest.mark.parametrize("overrides, error", [
     ({"optim.name": "lion", "optim.eps": 1e-8}, r"optim.eps=1e-08: Lion has no ε"),
-    ({"optim.name": "sgd"}, r"optim.name='sgd' is not one of \('adamw', 'lion'\)"),
+    ({"optim.name": "sgd"}, r"optim.name='sgd' is not one of \('adamw', 'lion', 'muon'\)"),
     ({"optim.lr_rule": "mup"}, r"optim.lr_rule='mup' is not one of"),
     ({"optim.weight_decay_mode": "independent", "optim.weight_decay": 1.0}, r"λ must be < 1"),
     ({"optim.weight_decay_mode": "decoupled"}, r"optim.weight_decay_mode='decoupled' is not one of"),

@@ -203,3 +203,136 @@ def test_render_chooses_a_sentence_or_a_section_and_a_study_loads_its_config(tmp
   parser = report.study_parser("doc", "demo", {"cpu": 0}, seeds=True)
   assert parser.parse_args([]).seeds == 1 and parser.parse_args(["--seeds", "3"]).seeds == 3
   assert not hasattr(report.study_parser("doc", "demo", {"cpu": 0}).parse_args([]), "seeds")
+
+
+@pytest.mark.parametrize("a, b, label, agrees", [
+    # Each outcome from synthetic seeds: a clearly lower, clearly higher, within the seeds' noise.
+    ([2.00, 2.01, 1.99], [2.10, 2.12, 2.09], "lower", True),
+    ([2.20, 2.22, 2.19], [2.10, 2.12, 2.09], "higher", False),
+    ([2.00, 2.10, 1.95], [2.05, 2.02, 2.01], "within seed noise", False),
+    # Paired: a shared per-seed offset (the data order) is removed, so a small steady gap counts...
+    ([2.0, 2.5, 3.0], [2.01, 2.51, 3.012], "lower", True),
+])
+def test_compare_comes_out_each_way(a, b, label, agrees):
+  v = report.compare(a, b, names=("Mix-LN", "Pre-LN"))
+  assert (v.label, v.agrees) == (label, agrees)
+  assert v.text.startswith("Mix-LN − Pre-LN = ") and "paired over 3 seeds" in v.text
+
+
+def test_compare_unpaired_one_seed_and_no_data():
+  # ...which unpaired (Welch) it does not: the seeds' spread swamps it.
+  assert report.compare([2.0, 2.5, 3.0], [2.01, 2.51, 3.012], paired=False).label == "within seed noise"
+  assert "Welch" in report.compare([2.0, 2.5, 3.0], [2.01, 2.51, 3.012], paired=False).text
+  assert report.compare([1.0, 1.01, 0.99, 1.0], [2.0, 2.02, 1.99], paired=True).label == "lower"  # lengths differ: Welch
+  d = report.difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+  assert d.mean == pytest.approx(2.0) and d.hi - d.mean == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+  undecided = "too few seeds: undecided"
+  assert report.compare([1.0], [2.0]) == (undecided, False, "a − b = -1.0000 (1 seed: no interval)")
+  assert report.compare([], [2.0]).agrees is None and report.compare(None, None).label == "not measured"
+  assert report.compare([1.0, None, 1.1], [2.0, 2.1, None]).label == undecided  # one complete pair
+  # Two seeds give an interval, but a verdict rests on three (min_seeds): undecided, unless asked for fewer.
+  two = report.compare([1.0, 1.01], [2.0, 2.02])
+  assert two.label == undecided and "over 2 seeds, fewer than the 3 a verdict needs" in two.text
+  assert report.compare([1.0, 1.01], [2.0, 2.02], min_seeds=2).label == "lower"
+  assert report.t975(2) == 4.303 and report.t975(100) == 1.96 and report.t975(0.5) == 12.706
+
+
+# ---------------------------------------------------------------- the studies' verdicts and their reports
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _study(name, module="run"):
+  """A study's run.py (or measure.py) as a module, its folder first on sys.path (its siblings import by name)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  here = os.path.join(REPO, "experiments", name)
+  if here not in sys.path:
+    sys.path.insert(0, here)
+  for sibling in ("measure", "plots"):  # the studies' siblings share names: drop another study's
+    mod = sys.modules.get(sibling)
+    if mod is not None and os.path.dirname(getattr(mod, "__file__", "")) != here:
+      del sys.modules[sibling]
+  return report.load_module(os.path.join(here, f"{module}.py"), f"study_{name}_{module}")
+
+
+def _norm_runs(losses):
+  """Synthetic norm-placement measurements: {placement: final loss per seed}, the rest alike."""
+  return [{"placement": p, "seed": s, "status": "finished", "step": 400, "seconds": 60.0, "final_loss": x,
+           "final_ppl": 2.718281828 ** x, "skip_drop": [0.1] * 3, "angular_next": [0.1] * 3, "skip_deep_mean": 0.1,
+           "skip_first_mean": 0.1, "angular_deep_mean": 0.05, "angular_first_mean": 0.1 + 0.01 * s,
+           "diagnostics": False} for p, xs in losses.items() for s, x in enumerate(xs)]
+
+
+@pytest.mark.parametrize("mix, label", [([2.00, 2.01, 1.99], "agrees"), ([2.20, 2.22, 2.19], "no: the opposite"),
+                                        ([2.00, 2.20, 2.05], "within seed noise")])
+def test_norm_placement_verdicts_come_out_each_way(mix, label):
+  run = _study("norm_placement")
+  rows = run.claims(run.by_placement(_norm_runs({"pre": [2.10, 2.12, 2.09], "mix": mix})))
+  (claim, _, verdict, evidence), = [r for r in rows if r[0].startswith("Mix-LN reaches")]
+  assert verdict == label and "paired over 3 seeds" in evidence
+  # Pre-LN's last third closer to the identity than its first, in every seed: a clear yes.
+  assert [r[2] for r in rows if r[0].startswith("Pre-LN's deep layers change")] == ["agrees"]
+
+
+def test_instability_verdicts_come_out_each_way():
+  measure = _study("instability", "measure")
+  run = _study("instability")
+
+  def seed(sens_base, sens_qk, sens_muon):
+    runs = {0.01: {"status": "ok", "final": 2.5, "l0": 5.5, "last_step": 160, "wall_s": 1.0, "attn": None,
+                   "attn_tail": 1.0, "log_z_tail": 1.0, "apart": None, "unstable": False, "given_back": 0.0}}
+    mk = lambda sens, peak: {"sens": sens, "sens_high": 0.0, "best": 2.5, "best_lr": 0.01, "attn_peak": peak,
+                             "log_z_abs_tail": 1.0, "runs": runs}
+    return {(128, "baseline"): mk(sens_base, 1e4), (128, "qk-norm"): mk(sens_qk, 50.0),
+            (128, "muon"): mk(sens_muon, 1e3)}
+
+  datas = {0: seed(0.40, 0.26, 0.50), 1: seed(0.41, 0.27, 0.30), 2: seed(0.39, 0.25, 0.45)}
+  got = {c: o for c, _, o, _ in run.checks(datas, [128])}
+  assert got["qk-norm lowers LR sensitivity (d=128, baseline → qk-norm)"] == "**agrees**"
+  assert got["qk-norm keeps attention logits bounded (d=128: the largest max attention logit of any run, qk-norm "
+             "against baseline, compared in log10)"] == "**agrees**"
+  assert got["Muon against AdamW, LR sensitivity (d=128, no qk-norm): lower means a wider basin"] == (
+      "**within seed noise**")
+  datas = {0: seed(0.20, 0.26, 0.10), 1: seed(0.21, 0.27, 0.11), 2: seed(0.19, 0.25, 0.12)}
+  got = {c: o for c, _, o, _ in run.checks(datas, [128])}
+  assert got["qk-norm lowers LR sensitivity (d=128, baseline → qk-norm)"] == "**no: the opposite**"
+  assert got["Muon against AdamW, LR sensitivity (d=128, no qk-norm): lower means a wider basin"] == (
+      "**Muon less sensitive**")
+  assert measure.setting_of({"model.qk_norm": False, "train.z_loss": 0.0, "optim.name": "muon"}) == "muon"
+  assert measure.setting_of({"model.qk_norm": False, "train.z_loss": 0.0}) == "baseline"
+
+
+def test_grokking_verdicts_count_seeds_and_come_out_each_way():
+  measure = _study("grokking", "measure")
+  s = lambda t95, best=1.0: {"steps": 1000, "test_95": t95, "test_best": best, "train_final": 1.0}
+  assert measure.verdict("orthograd", [s(100), s(125), s(150)]).startswith("Agrees: 3 of 3 seeds. ")
+  assert measure.verdict("orthograd", [s(100), s(None, 0.3), s(150)]).startswith("Partly: 2 of 3 seeds. ")
+  assert measure.verdict("adamw_wd", [s(None, 0.2)] * 3).startswith("Differs: 0 of 3 seeds. ")
+  assert "fewer than the 3 a verdict needs" in measure.verdict("orthograd", [s(100)])
+  f = lambda half, best=0.001: {"steps": 8000, "sc_half": half, "sc_max": 0.9, "test_best": best}
+  f32 = [f(1800), f(1900), f(1850)]
+  assert measure.verdict("softmax_f64", [f(5600), f(5500), f(5700)], {"adamw_f32": f32}).startswith(
+      "SC later in float64")
+  assert measure.verdict("softmax_f64", [f(1800), f(1950), f(1700)], {"adamw_f32": f32}).startswith(
+      "within seed noise")
+  # A run that never passes 50% counts at its last step (past the budget): later.
+  assert measure.verdict("softmax_f64", [f(None)] * 3, {"adamw_f32": f32}).startswith("SC later in float64")
+
+
+@pytest.mark.parametrize("study", ["norm_placement", "instability", "grokking"])
+def test_a_study_s_report_regenerates_byte_identically_from_its_summary(study, tmp_path):
+  """--report-only rebuilds the committed report.md from the committed summary.json alone."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  results = os.path.join(REPO, "experiments", study, "results")
+  shutil.copy(os.path.join(results, "summary.json"), tmp_path / "summary.json")
+  subprocess.run([sys.executable, os.path.join(REPO, "experiments", study, "run.py"), "--report-only", "--out",
+                  str(tmp_path)], check=True, capture_output=True, cwd=str(tmp_path))
+  for name in ("report.md", "collapse.md"):
+    if os.path.exists(os.path.join(results, name)):
+      with open(os.path.join(results, name), encoding="utf-8") as a, open(tmp_path / name, encoding="utf-8") as b:
+        assert b.read() == a.read(), name
+  with open(tmp_path / "summary.json", encoding="utf-8") as a, open(os.path.join(results, "summary.json"),
+                                                                    encoding="utf-8") as b:
+    assert json.load(a) == json.load(b)  # a report-only rebuild keeps the training's meta

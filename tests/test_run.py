@@ -169,8 +169,12 @@ def test_generate(workdir):
   assert greedy[:3].tolist() == rollout(prompt, 3)
   assert sample.generate(model, prompt, 3, temperature=0.0)[0].tolist() == greedy[:3].tolist()  # another window
   assert sample.generate(model, prompt, 12, temperature=1.0, top_k=1)[0].tolist() == greedy.tolist()
-  long = np.arange(1, max_len - 2) % 50 + 40  # runs past max_seq_len: the window slides
+  long = np.arange(1, max_len - 2) % 50 + 40  # runs past max_seq_len: the cache fills, then the window slides
   assert sample.generate(model, long, 5, temperature=0.0)[0].tolist() == rollout(long, 5)
+  assert sample.generate(model, long, 5, temperature=0.0, method="window")[0].tolist() == rollout(long, 5)
+  # The KV cache (the default) and the windowed reference draw the same tokens from the trained model.
+  assert (sample.generate(model, prompt, 16, temperature=0.0, method="window")[0] == sample.generate(
+      model, prompt, 16, temperature=0.0)[0][:16]).all()
 
   a = sample.generate(model, prompt, 16, temperature=1.0, seed=1)
   assert (a == sample.generate(model, prompt, 16, temperature=1.0, seed=1)).all()
@@ -189,6 +193,11 @@ def test_generate(workdir):
   text = run.generate("def main():\n    return", max_new_tokens=12, temperature=0, step=2)
   assert text == model.tokenizer.decode(greedy[:np.argmax(greedy == 0)] if (greedy == 0).any() else greedy)
   assert run.generate("", max_new_tokens=4, seed=3) == run.generate("", max_new_tokens=4, seed=3)
+  assert run.generate("def main():\n    return", max_new_tokens=12, temperature=0, step=2, method="window") == text
+  with pytest.raises(ValueError, match="more than the KV cache") as e:  # the cache holds model.max_seq_len tokens
+    run.generate("x" * (max_len + 1), max_new_tokens=2)
+  assert "\n" not in str(e.value)
+  assert len(run.generate("x" * (max_len + 1), max_new_tokens=2, temperature=0, method="window")) <= 2
   with pytest.raises(ValueError, match="temperature=-1"):
     sample.generate(model, prompt, 3, temperature=-1)
 

@@ -20,8 +20,16 @@ from jaxtrain import report
 pct = functools.partial(report.pct, spec=".2f")
 
 
-def seeds_text(seeds) -> str:
-  return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (cells: mean ± sd)"
+def seeds_text(seeds, counts=None) -> str:
+  """'seed 0', 'seeds 0, 1, 2 (cells: mean ± sd)', and with `counts` ({run: its number of seeds}) that differ, which
+  runs have fewer."""
+  if len(seeds) == 1:
+    return f"seed {seeds[0]}"
+  text = f"seeds {', '.join(map(str, seeds))} (cells: mean ± sd)"
+  fewer = {n: k for n, k in (counts or {}).items() if k < len(seeds)}
+  if fewer:
+    text += "; " + ", ".join(f"{n} on {k} seed{'s' if k > 1 else ''}" for n, k in fewer.items()) + " (seed 0)"
+  return text
 
 
 def _per_seed(by_run, seeds):
@@ -41,13 +49,6 @@ def measure(histories) -> dict:
           "collapse": {n: [collapse_summary(hs[s]) for s in sorted(hs)] for n, hs in sm.items()},
           "collapse_seconds": sum(float(h["seconds"]) for hs in sm.values() for h in hs.values()),
           "adam_arithmetic": arithmetic}
-
-
-def mean_summary(summaries) -> dict:
-  """One seed's summary as it is; several: each number's mean over the seeds that have one (None if none)."""
-  if len(summaries) == 1:
-    return summaries[0]
-  return {k: report.mean_spread([s[k] for s in summaries])[0] for k in summaries[0]}
 
 
 def row(summaries) -> list[str]:
@@ -88,49 +89,67 @@ def summarize(h):
   }
 
 
-def verdict(name, s, all_s):
-  """One plain sentence: does this run agree with the paper's claim?"""
+MIN_SEEDS = 3  # a verdict rests on at least this many seeds; fewer, and the report says so
+
+
+def outcome(name, s, all_s=None):
+  """(agrees, sentence) for one seed's summary `s` of run `name` against the paper's claim; `all_s` the same seed's
+  other runs (softmax_f64 is compared with adamw_f32). agrees is None where the claim is not a yes/no one."""
   if name == "adamw_f32":
     fit, gen = s["train_final"] >= 0.99, s["test_best"] >= 0.5
     sc = f"SC first >50% at step {s['sc_half']}" if s["sc_half"] else f"SC reached at most {pct(s['sc_max'])}"
-    if fit and not gen and s["sc_half"]:
-      return f"Agrees: train fit, {sc}, best test {pct(s['test_best'])}: no generalization."
-    return (f"Differs: train {pct(s['train_final'])}, {sc}, best test {pct(s['test_best'])} "
-            "(the claim is fit + collapse + no generalization).")
+    return fit and not gen and s["sc_half"] is not None, f"train {pct(s['train_final'])}, {sc}, best test {pct(s['test_best'])}"
   if name.startswith("stablemax"):
-    rising = s["test_final"] >= s["test_best"] - 1e-9
     if s["test_final"] >= 0.95:
-      return f"Agrees: grokked (test ≥95% at step {s['test_95']}) with no weight decay and SC {pct(s['sc_max'])}."
+      return True, f"grokked (test ≥95% at step {s['test_95']}), SC max {pct(s['sc_max'])}"
     if s["test_best"] >= 0.9 and s["test_final"] < s["test_best"] - 0.1:
-      return (f"Grokked as the paper says (best test {pct(s['test_best'])}), then fell to {pct(s['test_final'])} "
-              f"by step {s['steps']} (train {pct(s['train_final'])}, |θ| {s['norm_first']:.0f} -> "
-              f"{s['norm_final']:.0f}), with no Softmax Collapse (SC max {pct(s['sc_max'])}): the late collapse of "
-              "Adam's ν flushed to zero in float32 (collapse.md); the float64-state run does not fall.")
-    return (f"Not settled within {s['steps']} steps: test {pct(s['test_final'])} "
-            f"({'still rising' if rising else 'below its best ' + pct(s['test_best'])}), no collapse "
-            f"(SC max {pct(s['sc_max'])}), |θ| {s['norm_first']:.0f} -> {s['norm_final']:.0f}. The paper "
-            "ran 80k epochs; the spec's run was at 6% test at 30k, 20% at 40k and 78% at 60k.")
+      return True, (f"grokked (best test {pct(s['test_best'])}), then fell to {pct(s['test_final'])} by step "
+                    f"{s['steps']} with no Softmax Collapse (SC max {pct(s['sc_max'])}; |θ| {s['norm_first']:.0f} → "
+                    f"{s['norm_final']:.0f}): the late collapse of Adam's ν flushed to zero in float32 (collapse.md)")
+    rising = s["test_final"] >= s["test_best"] - 1e-9
+    return False, (f"not settled within {s['steps']} steps: test {pct(s['test_final'])} "
+                   f"({'still rising' if rising else 'below its best ' + pct(s['test_best'])}), SC max "
+                   f"{pct(s['sc_max'])}, |θ| {s['norm_first']:.0f} → {s['norm_final']:.0f}")
   if name == "orthograd":
-    if s["test_95"] is not None and s["test_95"] <= 1000:
-      return f"Agrees: ≥95% test at step {s['test_95']} (evaluated every 25 steps), no weight decay."
-    return f"Differs: best test {pct(s['test_best'])} in {s['steps']} steps."
+    ok = s["test_95"] is not None and s["test_95"] <= 1000
+    return ok, (f"≥95% test at step {s['test_95']}" if s["test_95"] is not None
+                else f"best test {pct(s['test_best'])} in {s['steps']} steps")
   if name == "softmax_f64":
-    f32 = all_s.get("adamw_f32")
-    delayed = ""
-    if f32:
-      a, b = f32["sc_half"], s["sc_half"]
-      if b is None and a is not None:
-        delayed = (f"SC is delayed: float32 passed 50% at step {a}, float64 had at most {pct(s['sc_max'])} "
-                   f"by step {s['steps']} (first non-zero at {s['sc_first']}). ")
-      elif a is not None and b is not None:
-        delayed = f"SC >50% at step {b} vs {a} in float32 ({'later' if b > a else 'not later'}). "
-    gen = ("some generalization" if s["test_best"] >= 0.05 else "no generalization")
-    return f"{delayed}Best test {pct(s['test_best'])}: {gen} within {s['steps']} steps (the paper ran 80k)."
+    a = (all_s or {}).get("adamw_f32", {}).get("sc_half")
+    b = s["sc_half"]
+    later = b is None or (a is not None and b > a)
+    return (later if a is not None else None), (
+        f"SC >50% at step {b if b is not None else 'never (max ' + pct(s['sc_max']) + ')'} vs "
+        f"{a if a is not None else '—'} in float32; best test {pct(s['test_best'])}")
   if name == "adamw_wd":
-    if s["test_95"] is not None:
-      return f"Agrees: ≥95% test at step {s['test_95']}; |θ| {s['norm_first']:.0f} -> {s['norm_final']:.0f}."
-    return f"Not within {s['steps']} steps: best test {pct(s['test_best'])}."
-  return ""
+    return s["test_95"] is not None, (f"≥95% test at step {s['test_95']}" if s["test_95"] is not None
+                                      else f"best test {pct(s['test_best'])} in {s['steps']} steps")
+  return None, ""
+
+
+def verdict(name, summaries, all_summaries=None) -> str:
+  """The report's "Ours" line for run `name` over its seeds (`summaries`, one per seed; `all_summaries` {run: those
+  of the same seeds}): a tally of the per-seed outcomes (`outcome`) that can come out agrees, partly or differs,
+  marked when it rests on fewer than MIN_SEEDS seeds; then each seed's numbers."""
+  all_summaries = all_summaries or {}
+  per = [outcome(name, s, {n: ss[i] for n, ss in all_summaries.items() if i < len(ss)})
+         for i, s in enumerate(summaries)]
+  flags = [a for a, _ in per if a is not None]
+  n = len(summaries)
+  if name == "softmax_f64":
+    f32 = [s["sc_half"] for s in all_summaries.get("adamw_f32", [])]
+    f64 = [s["sc_half"] if s["sc_half"] is not None else s["steps"] for s in summaries]  # never: past the budget
+    v = report.compare(f32[:n], f64, names=("float32", "float64"), fmt="{:+.0f}", lower="SC later in float64",
+                       higher="SC earlier in float64")
+    gen = sum(s["test_best"] >= 0.05 for s in summaries)
+    head = (f"{v.label} (step of SC >50%, a run that never got there counted at its last step: {v.text}); "
+            f"{gen} of {n} seeds generalized (best test ≥5%) within {summaries[0]['steps']} steps (the paper ran 80k)")
+  else:
+    v = report.tally(flags, yes="Agrees", partly="Partly", no="Differs")
+    head = f"{v.label}: {v.text} seeds"
+  if n < MIN_SEEDS:
+    head += f" (on {n} seed{'s' if n > 1 else ''}: fewer than the {MIN_SEEDS} a verdict needs)"
+  return head + ". " + "; ".join(f"seed {i}: {t}" if n > 1 else t for i, (_, t) in enumerate(per)) + "."
 
 
 def adam_arithmetic(lr=0.01, b1=0.9, b2=0.999, eps=1e-25, t=60_000,
@@ -223,13 +242,14 @@ def collapse_report(meta, m):
       f"({', '.join(sm)}; {m['collapse_seconds'] / 60:.1f} min of training on "
       f"{meta['cpus']} CPU cores, jax {meta['jax']}). MLP 2p → 200 → 200 → p (ReLU, no biases), (a + b) mod p, "
       "40% train, full batch, StableMax cross-entropy in float64, AdamW lr 0.01, β1 0.9, β2 0.999, ε 1e-25, no "
-      f"weight decay (the paper's Fig. 1/4 settings), {seeds_text(m['seeds'])}. The reading is in "
+      f"weight decay (the paper's Fig. 1/4 settings), {seeds_text(m.get('collapse_seeds', m['seeds']))}. The "
+      "reading is in "
       "[../README.md](../README.md).", "",
       "Paper (Fig. 1, 4; official code `LucasPrietoAl/grokking-at-the-edge-of-numerical-stability`, PyTorch): "
       "StableMax groks (a + b) mod 113 without weight decay within 80k-100k epochs while ‖θ‖ keeps growing; no late "
       "collapse is reported. PyTorch keeps float32 subnormals (unless `torch.set_flush_denormal(True)`), XLA on CPU "
       "flushes them to zero.", "",
-      "Per step, after the update (for AdamW; `jaxtrain.grokking.opt_stats`): the number of Adam entries whose "
+      "Per step, after the update (for AdamW; `grokking.optim.opt_stats`): the number of Adam entries whose "
       "second moment ν is exactly 0 while the first moment m is not (their step is lr·m̂/ε with ε = 1e-25), the "
       "share of non-zero gradient entries in XLA's flush band |g| < √(1.18e-38/(1-β2)) = "
       f"{grokking.ftz_threshold(0.999):.3g} (there (1-β2)g² is below float32's smallest normal and XLA on CPU "
@@ -240,7 +260,7 @@ def collapse_report(meta, m):
       "next 1k | cos(g,θ) then | max |g| in the 1k before | giant steps | test min after / final | train final |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   leaps = []
-  for n, c in _per_seed(sm, m["seeds"]):
+  for n, c in _per_seed(sm, m.get("collapse_seeds", m["seeds"])):
     j = c["jump_step"] is not None
     lines.append(
         f"| {n} | {pct(c['peak_test'])} ({c['peak_step']}) | {f(c['loss_min'], '.2g')} ({c['loss_min_step']}) | "

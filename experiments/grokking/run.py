@@ -12,8 +12,8 @@ long ones from their last saved segment). It measures each run (`measure.py`), k
 `<out>/summary.json` and writes `<out>/report.md` (the five), `collapse.md` (StableMax with float32 vs float64 Adam
 state: the peak, the collapse after it, Adam's second moment flushed to zero) and PNG plots. `--report-only`
 rebuilds both reports from summary.json alone (the plots need the runs). The verdicts are computed from the
-measurements against the paper's claims (Prieto et al., arXiv 2501.04697) and an independent numpy
-re-implementation of the official code (seed 0; not in this repository), not written in advance.
+measurements over the seeds against the paper's claims (Prieto et al., arXiv 2501.04697; the official code,
+LucasPrietoAl/grokking-at-the-edge-of-numerical-stability), not written in advance.
 
 Budget on an idle 2-core CPU (12-13 ms per full-batch step at p = 113; p = 31 is ~4× cheaper): the five runs
 ≈5 min, StableMax at p = 113 to 80k steps (past the peak at ~63k and the collapse after it) with float32 and
@@ -68,8 +68,7 @@ BRANCH_OF = {"stablemax_p31_ieee_from52k": ("stablemax_p31", 52_000)}
 SAVE_EVERY = {"stablemax": 2_000, "stablemax_adam64": 2_000, "stablemax_p31": 4_000, "stablemax_p31_adam64": 4_000,
               "stablemax_p31_ieee_from52k": 4_000}
 
-# What the paper claims (qualitative; its §3-4 and the official run_main_experiments.sh settings) and what an
-# independent numpy re-implementation measured (seed 0, single run; not in this repository) for the same settings.
+# What the paper claims (qualitative; its §3-4 and the official run_main_experiments.sh settings).
 PAPER = {
     "adamw_f32": "fits the train set, reaches SC, learning stops, no grokking (Fig. 1-2)",
     "stablemax": "grokks without weight decay while the weight norm keeps growing (Fig. 1, 4; 80k epochs)",
@@ -79,16 +78,6 @@ PAPER = {
     "softmax_f64": "delays SC and allows some delayed generalization (Fig. 1-2; 80k epochs; hyperparameter-"
                    "sensitive per issue #4)",
     "adamw_wd": "weight decay generalizes, in part because it counters NLM (sec. 5)",
-}
-NUMPY_MEASURED = {
-    "adamw_f32": "test ≤0.57% for 20k steps; SC 0.06% @1k, 12% @2k, 33% @5k, first >50% @7k (84.9%); "
-                 "|θ| 122.9 @1k, 172.7 @7k",
-    "stablemax_adam64": "as stablemax (numpy keeps subnormals)",
-    "stablemax": "test 0.17% @6k, 1.49% @20k, 6.11% @30k, 20.3% @40k, 78.2% @60k (still rising); SC n/a; "
-                 "|θ| 905 @20k, 1640 @30k",
-    "orthograd": "test 96.7% @100, 100% @150; |θ| 13.5 -> 53",
-    "softmax_f64": "test ≤0.22% for 20k steps; SC 0 through 3k, 0.06% @5k, first >50% @12k; |θ| 164 @5k",
-    "adamw_wd": "not measured",
 }
 
 
@@ -130,10 +119,13 @@ def train_and_measure(args):
   t0, load0 = time.time(), os.getloadavg()[0]
   env = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
   try:  # the branches once their parents are done (they start from their saved states)
-    rows = [row for phase in ([n for n in args.runs if n not in BRANCH_OF], [n for n in args.runs if n in BRANCH_OF])
-            if phase for row in sweep.run_points(points(args, phase), args.workdir, parallel=args.parallel, env=env)]
+    rows = ([r for r in sweep.read_results(args.workdir) if r["values"]["run"] in args.runs] if args.measure_only
+            else [row for phase in ([n for n in args.runs if n not in BRANCH_OF],
+                                    [n for n in args.runs if n in BRANCH_OF])
+                  if phase for row in sweep.run_points(points(args, phase), args.workdir, parallel=args.parallel,
+                                                       env=env)])
   except sweep.Interrupted as e:
-    sys.exit(f"stopped by {e}: rerun the same command to resume, or --report-only to report what finished")
+    sys.exit(f"stopped by {e}: rerun the same command to resume, or --measure-only to report what finished")
   histories = {}
   for row in rows:
     if row["status"] == "ok":
@@ -141,6 +133,22 @@ def train_and_measure(args):
   meta = report.meta(t0, load0, args.parallel, date_day=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
                      arch=platform.machine(), jax=__import__("jax").__version__)
   return meta, measure.measure({n: histories[n] for n in RUNS if n in histories}), histories
+
+
+def merged(path, m):
+  """The measurements `m` of this invocation's runs over the summary.json at `path` (if any): a study rerun for some
+  runs (more seeds of the short ones, say) keeps the other runs' measurements, each run with its own seeds."""
+  if not os.path.exists(path):
+    return m
+  _, old = report.read_summary(path)
+  runs = {n: v for n, v in old["runs"].items() if n not in m["runs"]} | m["runs"]
+  collapse = {n: v for n, v in old.get("collapse", {}).items() if n not in m["runs"]} | m["collapse"]
+  return {"seeds": sorted(set(old["seeds"]) | set(m["seeds"])),
+          "runs": {n: runs[n] for n in RUNS if n in runs},
+          "collapse": {n: collapse[n] for n in RUNS if n in collapse},
+          "collapse_seconds": m["collapse_seconds"] if m["collapse"] else old.get("collapse_seconds", 0.0),
+          "collapse_seeds": m["seeds"] if m["collapse"] else old.get("collapse_seeds", old["seeds"]),
+          "adam_arithmetic": m["adam_arithmetic"] or old.get("adam_arithmetic", [])}
 
 
 def settings(name):
@@ -168,12 +176,14 @@ def write_reports(meta, m, out):
       "MLP 226 → 200 → 200 → 113 (ReLU, no biases, U(±1/√fan_in) init) on (a + b) mod 113, all 12769 pairs, "
       "40% train (5107) / 60% test (7662), full batch (one step = one epoch), constant learning rate 0.01, "
       "no weight decay unless stated, Adam ε 1e-25 unless stated (the official defaults), "
-      f"{measure.seeds_text(m['seeds'])}. "
+      f"{measure.seeds_text(m['seeds'], {n: len(m['runs'][n]) for n in names})}. "
       "Train metrics per step from that step's forward pass; SC fraction = share of train examples whose "
       "Σ exp(z − max z) rounds to exactly 1 in the loss's dtype (for StableMax: Σ s(z) rounds to s(max z)). "
       "Accuracies are evaluated every `eval` steps after the update.",
       "",
-      f"Budget: {total / 60:.1f} min of wall time for the {len(names)} runs, compile included "
+      f"Budget: {total / 60:.1f} min of wall time for the {len(names)} runs"
+      + (f" ({sum(len(m['runs'][n]) for n in names)} trainings over the seeds, summed)" if len(m["seeds"]) > 1
+         else "") + ", compile included "
       f"(report written {meta['date_day']} on {meta['cpus']} CPU cores, {meta['arch']}, "
       f"jax {meta['jax']}). Produced by `python experiments/grokking/run.py --out experiments/grokking/results`.",
       "",
@@ -183,13 +193,15 @@ def write_reports(meta, m, out):
             "ms/step", "wall"]
   cells = {n: measure.row(m["runs"][n]) for n in names}  # steps first, then the measured cells
   lines += report.table(header, [[n, settings(n), cells[n][0], RUNS[n][3], *cells[n][1:]] for n in names])
-  lines += ["", "## Against the paper and the spec's numpy re-implementation", ""]
-  means = {n: measure.mean_summary(m["runs"][n]) for n in names}
+  lines += ["", "## Against the paper", "",
+            f"Each verdict counts the seeds whose run does what the paper says (agrees: all; partly: some; differs: "
+            f"none), and says so when it rests on fewer than {measure.MIN_SEEDS}; float64 against float32 softmax "
+            "compares the step at which SC passes 50% per seed (`jaxtrain.report.compare`: a paired 95% interval).",
+            ""]
   for n in names:
     lines += [f"### {n}: {RUNS[n][0]}", "",
               f"- Paper: {PAPER[n]}.",
-              f"- Spec [measured] (numpy, seed 0): {NUMPY_MEASURED[n]}.",
-              f"- Ours: {measure.verdict(n, means[n], means)}", ""]
+              f"- Ours: {measure.verdict(n, m['runs'][n], m['runs'])}", ""]
   lines += ["StableMax's late collapse (after its peak, with float32 Adam state on XLA's CPU) and its cause: "
             "[collapse.md](collapse.md).", ""]
   lines += ["## Plots", "", "![summary](summary.png)", ""]
@@ -208,9 +220,13 @@ def main():
   parser.add_argument("--parallel", type=int, default=1, help="runs at once (each pinned to its own cores)")
   parser.add_argument("--data_dir", default="~/.cache/jaxtrain/tensorflow_datasets")
   parser.add_argument("--report-only", action="store_true", help="rewrite the reports from summary.json")
+  parser.add_argument("--only-seeds", default="", help="train only these seeds (e.g. 1,2: invocations with their "
+                      "own --workdir share the work)")
+  parser.add_argument("--measure-only", action="store_true", help="no training: measure the runs of --runs that "
+                      "finished in --workdir (a study stopped part-way) and write summary.json and the reports")
   args = parser.parse_args()
   args.runs = [r for r in args.runs.split(",") if r]
-  args.seeds = list(range(args.seeds))
+  args.seeds = [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else list(range(args.seeds))
   args.workdir = args.workdir or os.path.join(args.out, "runs")
   unknown = set(args.runs) - set(RUNS)
   if unknown:
@@ -225,7 +241,7 @@ def main():
     meta, m, histories = train_and_measure(args)
     if not m["runs"]:
       raise SystemExit(f"no finished runs in {args.workdir}")
-    return meta, m, histories
+    return meta, merged(os.path.join(args.out, "summary.json"), m), histories
 
   meta, m, histories = report.summary_or_measure(args.out, args.report_only, measure)
   if histories is not None:

@@ -4,8 +4,8 @@
   python -m jaxtrain --config=experiments/growth/config.py:cpu,stack4_x25 --workdir=runs/growth_cpu/points/stack4_x25
   python -m jaxtrain --config=experiments/growth/config.py:tiny,width_x25 --workdir=/tmp/g/width_x25
 
-The argument is `<size>,<run>` (size `cpu` (default), `tiny` or `gpu`; run a name in RUNS). Every run ends at the
-scratch run's total FLOPs C = S·f(target) (S = the size's scratch steps, f = jaxtrain.flops.train_flops_per_step),
+The argument is `<size>,<run>` (size `cpu` (default), `cpu_large`, `tiny` or `gpu`; run a name in RUNS). Every
+run ends at the scratch run's total FLOPs C = S·f(target) (S = the size's scratch steps, f = jaxtrain.flops.train_flops_per_step),
 base training included, within half a step of the target: a grown run trains its base for b = x·S steps (x = the
 base's share of the scratch run's tokens, the paper's d/D), then the target for as many steps as the FLOPs left
 pay for, so it takes more steps (and sees more tokens) than the scratch run, its early steps being cheaper.
@@ -13,8 +13,14 @@ pay for, so it takes more steps (and sees more tokens) than the scratch run, its
 Growth happens mid-run (config.growth.events): at the end of step b the trainer saves the base, applies the
 operator, and trains on with the same data stream. Policies: a fresh AdamW (`opt=reset`) and a new linear warmup
 to the scratch run's peak, then cosine over the rest of the run (`lr=restart_warmup`), as in G_stack's official code
-(tongxuluo/prts: pretrain/run_pretrain.py, g_stack.sh); one learning rate for base, target and scratch (the
-project's default config's 3e-3 on CPU), not tuned per run.
+(tongxuluo/prts: pretrain/run_pretrain.py, g_stack.sh; its MSG-masked G↑random is trained the same way); one
+learning rate for base, target and scratch (the project's default config's 3e-3 on CPU), not tuned per run.
+
+G↑random is the paper's operator: fresh layers on top, faded in by MSG's mask (prts `prts_lit/scaling/msg.py`,
+y·m + x·(1 − m), m = t/T), T scaled from the official code: `MsgConfig.grow_step` T = 5000 steps of 1024 × 2048
+tokens (10.5B tokens) against the scratch run's 100B tokens in the paper's operator comparison (8e20 FLOPs),
+T = 10.5% of the scratch run's tokens; here T = round(RAMP_SHARE · S) steps of the target (`ramp_steps`). The
+same operator without the mask (new layers at full strength from the first step) is the run `random4_x25_nomask`.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from jaxtrain.config import ConfigError, base
 # target: (layers, d_model, heads, mlp_dim); width_base: the width path's base (d_model, heads, mlp_dim), head_dim
 # kept; scratch_steps S: the budget is S steps of the target.
 SIZES = {
-    # The target's step is ~23 GFLOP (8 layers, d 128, 16 x 128 tokens).
-    "cpu": dict(layers=8, d_model=128, heads=4, mlp_dim=384, width_base=(64, 2, 192), seq_len=128, batch=16,
+    # The committed study, 3 seeds on a shared 2-core CPU: 8 layers, d 64, 16 x 64 tokens, 400 steps.
+    "cpu": dict(layers=8, d_model=64, heads=2, mlp_dim=192, width_base=(32, 1, 96), seq_len=64, batch=16,
+                scratch_steps=400, warmup=40, lr=3e-3, eval_every=25, eval_batches=4, log_every=10, dtype="float32"),
+    # The first study's size (one seed, 2026-11-29): the target's step is ~23 GFLOP (8 layers, d 128, 16 x 128 tokens).
+    "cpu_large": dict(layers=8, d_model=128, heads=4, mlp_dim=384, width_base=(64, 2, 192), seq_len=128, batch=16,
                 scratch_steps=600, warmup=60, lr=3e-3, eval_every=50, eval_batches=8, log_every=10, dtype="float32"),
     "tiny": dict(layers=4, d_model=32, heads=2, mlp_dim=96, width_base=(16, 1, 48), seq_len=32, batch=8,
                  scratch_steps=40, warmup=4, lr=3e-3, eval_every=10, eval_batches=2, log_every=2, dtype="float32"),
@@ -38,9 +47,13 @@ SIZES = {
                 dtype="bfloat16"),
 }
 
+# MSG's mask ramp T as a share of the scratch run's steps: prts' T = 5000 steps × 2.1M tokens / 100B tokens.
+RAMP_SHARE = 5000 * 1024 * 2048 / 100e9  # 0.105
+
 # name: (kind, base share x of the scratch run's tokens, extra event fields). Kinds: scratch; stack<g>, zero<g>
-# (base = target layers / g); random (base = target layers / 4, fresh layers on top); width (the narrower base,
-# grown by expand_d_model, add_heads and expand_mlp at steps b, b+1, b+2: all three function-preserving).
+# (base = target layers / g); random<g> (base = target layers / g, fresh layers on top: the paper's G↑random with
+# MSG's mask ramp, "ramp" in the fields; without it, the unmasked operator); width (the narrower base, grown by
+# expand_d_model, add_heads and expand_mlp at steps b, b+1, b+2: all three function-preserving).
 RUNS = {
     "scratch": ("scratch", 0.0, {}),
     "stack4_x10": ("stack4", 0.10, {}),
@@ -48,35 +61,45 @@ RUNS = {
     "stack4_x50": ("stack4", 0.50, {}),
     "stack2_x25": ("stack2", 0.25, {}),
     "zero4_x25": ("zero4", 0.25, {}),
-    "random4_x25": ("random4", 0.25, {}),
+    "random4_x25": ("random4", 0.25, {"ramp": True}),
+    "random4_x25_nomask": ("random4", 0.25, {}),
     "width_x25": ("width", 0.25, {}),
-    # Optional (`run.py --runs +copy`): G_stack keeping AdamW's moments (MSG's policy) and the base's schedule.
+    # Optional (`run.py --runs +copy`): G_stack keeping AdamW's moments, new layers' zeroed (MSG's `copy`), and
+    # the base's schedule.
     "stack4_x25_copy": ("stack4", 0.25, {"opt": "copy", "lr": "continue"}),
 }
-# The order the study runs them in: the core comparison first, then the rest of the d/D sweep and g = 2.
-CORE = ("scratch", "stack4_x25", "zero4_x25", "random4_x25", "width_x25", "stack4_x50", "stack4_x10", "stack2_x25")
+# The runs of the committed study (3 seeds on a shared 2-core CPU), in the order it runs them: the paper's operator
+# comparison at d/D = 25%. `--runs all` adds the d/D sweep (10%, 50%) and g = 2.
+CORE = ("scratch", "stack4_x25", "zero4_x25", "random4_x25", "random4_x25_nomask", "width_x25")
+SWEEP = ("stack4_x50", "stack4_x10", "stack2_x25")
 # How the report and the plot name and colour each run.
 LABELS = {
     "scratch": "scratch (target)",
     "stack4_x10": "G_stack g=4, d/D=10%", "stack4_x25": "G_stack g=4, d/D=25%", "stack4_x50": "G_stack g=4, d/D=50%",
-    "stack2_x25": "G_stack g=2, d/D=25%", "zero4_x25": "G↑zero g=4, d/D=25%", "random4_x25": "G↑random, d/D=25%",
+    "stack2_x25": "G_stack g=2, d/D=25%", "zero4_x25": "G↑zero g=4, d/D=25%",
+    "random4_x25": "G↑random (MSG mask), d/D=25%", "random4_x25_nomask": "fresh layers, no mask, d/D=25%",
     "width_x25": "width FP (Gesmundo), d/D=25%", "stack4_x25_copy": "G_stack g=4, d/D=25%, opt=copy, lr=continue",
 }
 COLORS = {"scratch": "black", "stack4_x10": "#9ecae1", "stack4_x25": "#3182bd", "stack4_x50": "#08306b",
-          "stack2_x25": "tab:purple", "zero4_x25": "tab:green", "random4_x25": "tab:red", "width_x25": "tab:orange",
-          "stack4_x25_copy": "tab:cyan"}
+          "stack2_x25": "tab:purple", "zero4_x25": "tab:green", "random4_x25": "tab:red",
+          "random4_x25_nomask": "tab:pink", "width_x25": "tab:orange", "stack4_x25_copy": "tab:cyan"}
 
 # The paper's claims the report checks (run.py computes each verdict from the measurements).
+# Du et al., "Stacking Your Transformers" (NeurIPS 2024, arXiv 2405.15319): its operator table (1.1B target, 8e20
+# FLOPs; the project page llm-stacking.github.io) and its README (tongxuluo/prts: the growth-timing fit, g = 4).
 CLAIMS = {
-    "stack": "G_stack (g=4) beats scratch at equal FLOPs, base included (§1.7.1; 1.1B: +49.1%, 7B: +54.6%)",
-    "zero": "G↑zero ≈ G_stack > scratch (1.1B: +46.6% vs +49.1%)",
-    "random": "G↑random is worse than scratch (1.1B: −25.7%)",
-    "width": "Width growth is ≈ or worse than scratch (1.1B: G→direct −0.7%, G→zero −17.9%, G→random −13.8%)",
-    "isoflop": "An interior optimum in d (IsoFLOP valley; §1.7.4)",
-    "g": "g = 4 is the best growth factor (the paper's g among {2, 4, 8})",
+    "stack": "G_stack (g=4) beats scratch at equal FLOPs, base included (Du et al. 2024; 1.1B: +49.1%, 7B: +54.6%)",
+    "zero": "G↑zero ≈ G_stack > scratch (Du et al. 2024, 1.1B: +46.6% vs +49.1%)",
+    "random": "G↑random (new layers faded in by MSG's mask) is worse than scratch (Du et al. 2024, 1.1B: −25.7%)",
+    "width": "Width growth is ≈ or worse than scratch (Du et al. 2024, 1.1B: G→direct −0.7%, G→zero −17.9%, "
+             "G→random −13.8%)",
+    "isoflop": "An interior optimum in the growth timing d (Du et al. 2024: IsoFLOP curves; the prts README's fit "
+               "of d)",
+    "g": "g = 4 is the best growth factor (prts README: \"we fix g=4 is the best\")",
     "fp": "G_stack is not function-preserving: the loss jumps up at the event; the FP operators (G↑zero, the width "
-          "path) leave it unchanged",
+          "path, MSG's mask at m = 0) leave it unchanged (Gesmundo & Maile 2023; Yao et al. 2024)",
 }
+SPEEDUP_BAND = 0.10  # "≈": two speed-ups within 10 points of each other
 
 
 def _base(s) -> ml_collections.ConfigDict:
@@ -122,7 +145,15 @@ def events(size: str, run: str) -> tuple[dict, int, dict]:
     raise ConfigError(f"{run}: target depth {L} is not a multiple of g={g}")
   op = {"stack": dict(op="stack", g=g), "zero": dict(op="g_zero", g=g),
         "random": dict(op="g_random", num_layers=L)}[kind[:-1]]
+  extra = dict(extra)
+  if extra.pop("ramp", False):
+    op["ramp_steps"] = ramp_steps(size)
   return dict(num_layers=L // g), b, ({"step": b, **op, **extra},)
+
+
+def ramp_steps(size: str) -> int:
+  """MSG's mask ramp T for the size: prts' 5000 steps scaled by the scratch run's tokens (RAMP_SHARE)."""
+  return max(1, round(RAMP_SHARE * SIZES[size]["scratch_steps"]))
 
 
 def get_config(arg="cpu,scratch"):

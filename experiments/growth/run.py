@@ -44,9 +44,19 @@ SMOOTH = 5  # the training-loss curve: a centred mean over this many logged rows
 pct, cell, pooled = report.pct, report.cell, report.pooled
 
 
+# After seed 0, the paper's comparison first (scratch, G↑random, G_stack, G↑zero) seed by seed, then the unmasked
+# fresh layers, then the width path: a study cut short loses the runs that carry the fewest of the paper's claims.
+LATER = {"random4_x25_nomask": 1, "width_x25": 2}
+
+
 def points(args, runs) -> list[sweep.Point]:
-  return sweep.seeded([sweep.Point(r, f"{CONFIG}:{args.size},{r}", values={"run": r},
-                                   steps=cfg.get_config(f"{args.size},{r}").train.steps) for r in runs], args.seeds)
+  """Every run once per seed, in the order a study cut short loses least (LATER)."""
+  ps = sweep.seeded([sweep.Point(r, f"{CONFIG}:{args.size},{r}", values={"run": r},
+                                 steps=cfg.get_config(f"{args.size},{r}").train.steps) for r in runs], args.seeds)
+  seed = lambda p: p.values.get("seed") or 0
+  first = ("scratch", "random4_x25", "stack4_x25", "zero4_x25")
+  return sorted(ps, key=lambda p: (seed(p) > 0 and LATER.get(p.values["run"], 0), seed(p),
+                                   first.index(p.values["run"]) if p.values["run"] in first else len(first)))
 
 
 def workdir(args, run, seed=None):
@@ -80,6 +90,7 @@ def measure_run(args, run, seed=None) -> dict | None:
       "base_flops": F(phases[1].start) if phases[1:] else 0.0, "total_flops": F(c.train.steps),
       "tokens": c.train.steps * c.train.global_batch * c.data.seq_len,
       "events": [{"step": e["step"], "op": phases[e["growth/event"]].event["op"],
+                  "ramp_steps": phases[e["growth/event"]].event["ramp_steps"],
                   "params": e["growth/parameters"], "before": e["growth/eval_loss_before"],
                   "after": e["growth/eval_loss_after"]} for e in events],
       "train": [(F(r["step"]), r["loss"], r["step"]) for r in train],
@@ -167,62 +178,112 @@ def plots(m, out_dir):
   jplots.save(fig, os.path.join(out_dir, "loss_vs_flops.png"))
 
 
+MIN_SEEDS = 3  # a verdict rests on at least this many seeds; with fewer it is not given
+
+
+def _enough(values):
+  """None when `values` (one per seed, None for missing) has MIN_SEEDS or more, else the Verdict saying it has not."""
+  n = report.mean_spread(values)[2]
+  return None if n >= MIN_SEEDS else report.Verdict(f"not judged ({n} seed{'s' * (n != 1)}, needs {MIN_SEEDS})",
+                                                   None, f"n={n}")
+
+
+def below(values, threshold: float = 0.0, *, yes="yes", no="no", unresolved="within the spread") -> report.Verdict:
+  """Whether the mean over seeds is below `threshold` by more than one sample sd (yes), above it by more than one sd
+  (no), or neither (unresolved): report.at_most / at_least on mean ± sd, so it can come out every way."""
+  if (short := _enough(values)) is not None:
+    return short
+  mean, sd, _ = report.mean_spread(values)
+  if report.at_most([mean + sd], threshold).agrees:
+    return report.Verdict(yes, True, f"mean + sd = {mean + sd:+.4f} < {threshold:g}")
+  if report.at_least([mean - sd], threshold).agrees:
+    return report.Verdict(no, False, f"mean − sd = {mean - sd:+.4f} > {threshold:g}")
+  return report.Verdict(unresolved, None, f"{mean:+.4f} ± {sd:.4f} straddles {threshold:g}")
+
+
 def verdicts(per):
-  """(claim, what we measured, agrees?) rows, from each seed's speed-ups at its scratch run's final evaluation loss
-  (a grown run against the scratch run of its seed); over seeds, a verdict counts the seeds or takes their mean."""
+  """(claim, what we measured, verdict) rows from each seed's measurements: every verdict on >= MIN_SEEDS seeds.
+
+  The evidence per seed: a grown run against the scratch run of its seed at the budget, its validation-loss gap
+  (grown − scratch, always defined) and its speed-up at the scratch run's final validation loss (None where not
+  reached). "Beats scratch" means the gap's mean + sd < 0 over seeds; "worse" means its mean − sd > 0; else the
+  two are within the seeds' spread.
+  """
   final = [x["speedups"]["eval"][-1]["runs"] for x in per if x["speedups"].get("eval")]
   if not final:
     return []
-  vals = lambda r: [f[r]["speedup"] for f in final if r in f]  # None: not reached within the budget
-  desc = lambda r: report.speedup_cell([f[r] for f in final if r in f])
-  pos = lambda r: bool(vals(r)) and None not in vals(r) and report.mean_spread(vals(r))[0] > 0
-  both = lambda a, b: [f for f in final if a in f and b in f]
+  gaps = lambda r: [f[r]["gap_at_end"] for f in final if r in f]
+  sps = lambda r: [f[r]["speedup"] for f in final if r in f]  # None: not reached within the budget
+  desc = lambda r: (f"speed-up {report.speedup_cell([f[r] for f in final if r in f])}, val-loss gap at the budget "
+                    f"{cell(gaps(r), '{:+.4f}')}")
   out = []
-  stacks = [r for r in ("stack4_x10", "stack4_x25", "stack4_x50") if vals(r)]
-  if stacks:
+  stacks = [r for r in ("stack4_x10", "stack4_x25", "stack4_x50") if gaps(r)]
+  if stacks:  # one d/D: its verdict; several: how many beat scratch beyond the spread
+    vs = [below(gaps(r)) for r in stacks]
+    short = next((v for v in vs if v.label.startswith("not judged")), None)
     out.append((cfg.CLAIMS["stack"], "; ".join(f"d/D={100 * cfg.RUNS[r][1]:.0f}%: {desc(r)}" for r in stacks),
-                report.tally(pos(r) for r in stacks)))
-  if vals("zero4_x25") and vals("stack4_x25"):  # both: close to each other (within 10 points), above 0
-    pairs = [(f["zero4_x25"]["speedup"], f["stack4_x25"]["speedup"]) for f in both("zero4_x25", "stack4_x25")]
-    close = all(b is not None for _, b in pairs) and report.verdict(
-        [None if a is None else a - b for a, b in pairs], 0.0, 0.1).agrees is True
-    out.append((cfg.CLAIMS["zero"], f"G↑zero {desc('zero4_x25')}, G_stack {desc('stack4_x25')} (same base, d/D=25%)",
-                report.tally([close, pos("zero4_x25")])))
-  if vals("random4_x25"):
-    ev = [jump((mm["events"] or [{"after": 0.0, "before": 0.0}])[0]) for mm in pooled(per, "runs", "random4_x25")]
-    out.append((cfg.CLAIMS["random"], f"G↑random {desc('random4_x25')}; its fresh layers are the model's own "
-                f"init (residual output projections std 0.02/√(2L)), so they start near the identity: the loss moved "
-                f"{cell(ev, '{:+.4f}')} at growth (the paper's G↑random: MSG's masked random layers)",
-                "no" if pos("random4_x25") else "yes"))
-  if vals("width_x25"):
-    out.append((cfg.CLAIMS["width"], f"Gesmundo FP width path {desc('width_x25')}",
-                report.tally(v is None or v < 0.1 for v in vals("width_x25"))))
-  if len(stacks) == 3:  # the IsoFLOP curve: loss at the budget against d
+                vs[0] if len(vs) == 1 else short or report.tally(v.agrees is True for v in vs)))
+  if gaps("zero4_x25") and gaps("stack4_x25"):  # both: G↑zero beats scratch, and its speed-up is G_stack's ± 10 points
+    diffs = [None if f["zero4_x25"]["speedup"] is None or f["stack4_x25"]["speedup"] is None else
+             f["zero4_x25"]["speedup"] - f["stack4_x25"]["speedup"] for f in final
+             if "zero4_x25" in f and "stack4_x25" in f]
+    close, beats = report.verdict(diffs, 0.0, cfg.SPEEDUP_BAND), below(gaps("zero4_x25"))
+    v = _enough(diffs) or report.tally([close.agrees is True, beats.agrees is True])
+    out.append((cfg.CLAIMS["zero"], f"G↑zero {desc('zero4_x25')}; G_stack {desc('stack4_x25')}; G↑zero − G_stack "
+                f"speed-up {cell(diffs, lambda x: pct(x, '+.1f'))} (≈ means within {100 * cfg.SPEEDUP_BAND:.0f} points)", v))
+  if gaps("random4_x25"):
+    nomask = (f"; the same fresh layers without the mask: {desc('random4_x25_nomask')}, "
+              f"{below(gaps('random4_x25_nomask'), yes='better than scratch', no='worse than scratch')}"
+              if gaps("random4_x25_nomask") else "")
+    T = {e.get("ramp_steps") for mm in pooled(per, "runs", "random4_x25") for e in mm["events"]}
+    out.append((cfg.CLAIMS["random"], f"G↑random with MSG's mask (T = {'/'.join(map(str, sorted(T)))} steps): "
+                f"{desc('random4_x25')}{nomask}",
+                below([-g for g in gaps("random4_x25")])))  # the paper: worse, so the gap is above 0
+  if gaps("width_x25"):  # "≈ or worse": refuted only when the width path beats scratch beyond the spread
+    v = below(gaps("width_x25"))
+    if not v.label.startswith("not judged"):
+      v = report.Verdict({True: "no", False: "yes", None: "yes (within the spread)"}[v.agrees], v.agrees is not True,
+                         v.text)
+    out.append((cfg.CLAIMS["width"], f"Gesmundo FP width path {desc('width_x25')}", v))
+  if len(stacks) == 3:  # the IsoFLOP curve: loss at the budget against d, per seed: is 25% the lowest?
     end = {r: [f[r]["loss_at_end"] for f in final if r in f] for r in stacks}
     best = min(stacks, key=lambda r: report.mean_spread(end[r])[0])
+    interior = [min(stacks, key=lambda r, f=f: f[r]["loss_at_end"]) == "stack4_x25" for f in final
+                if all(r in f for r in stacks)]
     out.append((cfg.CLAIMS["isoflop"], "val loss at the budget for d/D = 10/25/50%: "
-                + " / ".join(cell(end[r]) for r in stacks)
-                + f"; lowest at {100 * cfg.RUNS[best][1]:.0f}%", report.tally(
-                    min(stacks, key=lambda r, f=f: f[r]["loss_at_end"]) == "stack4_x25" for f in final
-                    if all(r in f for r in stacks))))
-  if vals("stack2_x25") and vals("stack4_x25"):
-    out.append((cfg.CLAIMS["g"], f"g=4 {desc('stack4_x25')}, g=2 {desc('stack2_x25')} (d/D=25%)", report.tally(
-                    (f["stack4_x25"]["speedup"] or -9) > (f["stack2_x25"]["speedup"] or -9)
-                    for f in both("stack4_x25", "stack2_x25"))))
-  events = [(mm, e) for x in per for mm in x["runs"].values() for e in mm["events"]]
-  fp = [e for mm, e in events if mm["status"] == "ok" and e["op"] in ("g_zero", "expand_d_model", "add_heads",
-                                                                       "expand_mlp")]
+                + " / ".join(cell(end[r]) for r in stacks) + f"; lowest mean at {100 * cfg.RUNS[best][1]:.0f}%",
+                _enough(interior or None) or report.tally(interior)))
+  if gaps("stack2_x25") and gaps("stack4_x25"):
+    d = [f["stack4_x25"]["gap_at_end"] - f["stack2_x25"]["gap_at_end"] for f in final
+         if "stack4_x25" in f and "stack2_x25" in f]
+    out.append((cfg.CLAIMS["g"], f"g=4 {desc('stack4_x25')}; g=2 {desc('stack2_x25')} (d/D=25%); g=4 − g=2 loss "
+                f"{cell(d, '{:+.4f}')}", below(d)))
+  out.append(fp_verdict(per))
+  return [row for row in out if row is not None]
+
+
+FP_OPS = ("g_zero", "expand_d_model", "add_heads", "expand_mlp")
+
+
+def fp_verdict(per):
+  """The function-preservation row: every G_stack event's jump above 1e-3, every FP event's (and every masked
+  event's, m = 0 at growth) below 1e-4 in absolute value, over all seeds."""
+  events = [(mm, e) for x in per for mm in x["runs"].values() for e in mm["events"] if mm["status"] == "ok"]
+  fp = [jump(e) for mm, e in events if e["op"] in FP_OPS or cfg.RUNS[mm["run"]][2].get("ramp")]
   st_j = [jump(e) for _, e in events if e["op"] == "stack"]
-  if fp or st_j:
-    worst_fp = max((abs(jump(e)) for e in fp), default=None)
-    up = st_j and min(st_j) > 1e-3
-    st_cells = [cell([jump(x["events"][i]) for x in rs], "{:+.3f}") for rs in report.over_seeds(per, "runs").values()
-                for i, e in enumerate(rs[0]["events"]) if e["op"] == "stack"]
-    out.append((cfg.CLAIMS["fp"], f"G_stack: {', '.join(st_cells) or 'not run'}; FP operators: largest jump in "
-                f"absolute value {report.num(worst_fp, '{:.1e}')} ({len(fp)} events)",
-                "yes" if up and (worst_fp is None or worst_fp < 1e-4) else
-                "partly" if (worst_fp is not None and worst_fp < 1e-4) or up else "no"))
-  return out
+  if not fp and not st_j:
+    return None
+  seeds = sum(any(mm["events"] and mm["status"] == "ok" for mm in x["runs"].values()) for x in per)
+  st_cells = [f"{rs[0]['label']} {cell([jump(x['events'][i]) for x in rs], '{:+.3f}')}"
+              for rs in report.over_seeds(per, "runs").values() for i, e in enumerate(rs[0]["events"])
+              if e["op"] == "stack"]
+  measured = (f"jump at the event: {', '.join(st_cells) or 'G_stack not run'}; FP operators and MSG's mask at m = 0: "
+              f"largest jump in "
+              f"absolute value {report.num(max(map(abs, fp), default=None), '{:.1e}')} ({len(fp)} events)")
+  if seeds < MIN_SEEDS:
+    return cfg.CLAIMS["fp"], measured, _enough([0.0] * seeds)
+  checks = [j > 1e-3 for j in st_j] + [abs(j) < 1e-4 for j in fp]
+  return cfg.CLAIMS["fp"], measured, report.tally(checks)
 
 
 def write_report(per, args, meta):
@@ -263,17 +324,19 @@ def write_report(per, args, meta):
       missing=", ".join(f"{cfg.LABELS[r]} (`{r}`)" for r in cfg.CORE if r not in runs_of),
       speedup_tables=tables, claims="\n".join(report.claims(verdicts(per))),
       events_table="\n".join(report.rows(events)),
-      one_seed=n == 1, n=n, last_seed=n - 1,
+      one_seed=n == 1, n=n, last_seed=n - 1, ramp_steps=cfg.ramp_steps(args.size), min_seeds=MIN_SEEDS,
+      band=f"{100 * cfg.SPEEDUP_BAND:.0f}",
       target_params=meta.get("target_params", "?"), tokens=s["scratch_steps"] * s["batch"] * s["seq_len"] / 1e6)
 
 
 def main():
   parser = report.study_parser(__doc__, "growth", cfg.SIZES, seeds=True)
   parser.add_argument("--runs", default="core", help="comma-separated run names (config.RUNS), 'core' (default: "
-                      "all but the optional ones) or '+copy' (core and stack4_x25_copy)")
+                      "config.CORE, the committed study's), 'all' (core, the d/D sweep and g=2) or '+copy' (core and "
+                      "stack4_x25_copy)")
   args = report.study_args(parser, "growth", HERE)
-  runs = [*cfg.CORE, *(["stack4_x25_copy"] if args.runs == "+copy" else [])] if args.runs in ("core", "+copy") \
-      else args.runs.split(",")
+  runs = ([*cfg.CORE, *{"core": (), "+copy": ("stack4_x25_copy",), "all": cfg.SWEEP}[args.runs]]
+          if args.runs in ("core", "+copy", "all") else args.runs.split(","))
   if bad := [r for r in runs if r not in cfg.RUNS]:
     parser.error(f"unknown run(s) {bad}; choose from {list(cfg.RUNS)}")
   t0, load0 = time.time(), os.getloadavg()[0]

@@ -13,9 +13,11 @@ import numpy as np
 from jaxtrain import proxies, report, sweep
 from jaxtrain.metrics import read_metrics
 
-# (name, model.qk_norm, train.z_loss): the 2×2 of the paper's two mitigations.
+# (name, model.qk_norm, train.z_loss): the 2×2 of the paper's two mitigations, with AdamW (the paper's optimizer);
+# and Muon (`optim.name=muon`, jaxtrain/muon.py) on the baseline, the optimizer as an axis of the LR sensitivity.
 SETTINGS = (("baseline", False, 0.0), ("qk-norm", True, 0.0), ("z-loss", False, proxies.Z_LOSS),
-            ("qk-norm + z-loss", True, proxies.Z_LOSS))
+            ("qk-norm + z-loss", True, proxies.Z_LOSS), ("muon", False, 0.0))
+OPTIMIZER = {"muon": "muon"}  # a setting's optim.name, when not AdamW
 PARTNER = {"baseline": "qk-norm", "z-loss": "qk-norm + z-loss"}  # the same run with qk-norm
 # A run "came close" to diverging: above the best learning rate, and its final loss gave back at least this
 # share of the way from the best loss ℓ* to ℓ0 (a diverged run gives back all of it).
@@ -26,8 +28,10 @@ RUN_KEYS = ("status", "final", "l0", "last_step", "wall_s", "unstable", "attn", 
 
 
 def setting_of(values):
+  opt = values.get("optim.name", "adamw")
   for name, qk, z in SETTINGS:
-    if bool(values["model.qk_norm"]) == qk and float(values["train.z_loss"]) == z:
+    if (bool(values["model.qk_norm"]) == qk and float(values["train.z_loss"]) == z
+        and OPTIMIZER.get(name, "adamw") == opt):
       return name
   raise ValueError(f"no setting for {values}")
 
@@ -65,6 +69,8 @@ def collect(rows_by_width, lrs):
   by_seed = {}
   for w, rows in rows_by_width.items():
     for row in rows:
+      if float(row["values"]["optim.lr"]) not in lrs:  # a point of another grid in the same directory
+        continue
       by_seed.setdefault(row["values"].get("seed", 0), {}).setdefault(w, []).append(row)
   return {seed: _collect(rows, lrs) for seed, rows in sorted(by_seed.items())}
 

@@ -6,7 +6,8 @@ import os
 
 from jaxtrain import plots as jplots
 
-COLORS = {"baseline": "tab:red", "qk-norm": "tab:blue", "z-loss": "tab:orange", "qk-norm + z-loss": "tab:green"}
+COLORS = {"baseline": "tab:red", "qk-norm": "tab:blue", "z-loss": "tab:orange", "qk-norm + z-loss": "tab:green",
+          "muon": "tab:purple"}
 SETTINGS = tuple(COLORS)
 
 
@@ -16,7 +17,8 @@ def draw(data, args, fmt_sens):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  widths, names = args.widths, list(SETTINGS)
+  widths = args.widths
+  names = [n for n in SETTINGS if any((w, n) in data for w in widths)]  # the settings measured
   marks = {w: m for w, m in zip(widths, ("o", "s", "^", "D"))}
 
   def loss_axes(ax, key, label):

@@ -1,29 +1,31 @@
-"""Small-scale proxies for instabilities (Wortsman et al., ICLR 2024): LR sweeps with and without qk-norm, z-loss.
+"""Small-scale proxies for instabilities (Wortsman et al., ICLR 2024): LR sweeps with and without qk-norm (and z-loss),
+AdamW against Muon, over seeds.
 
-  python experiments/instability/run.py                      # the study (~20 min on an idle 2-core CPU)
+  python experiments/instability/run.py                      # the study: 3 settings × 3 LRs × 3 seeds, d_model 128
   python experiments/instability/run.py --report-only        # rewrite the report from results/summary.json
 
-For each width in `--widths` it runs the model in `config.py:<width>` over z-loss {0, 1e-4} × qk-norm {off, on} ×
-the paper's learning rates 3e-4 ... 3e-1: the grid's points through `jaxtrain.sweep`'s runner, in
-`<workdir>/d<width>` (rerunning resumes: finished points are skipped). A run whose loss or gradient becomes
-non-finite stops with status "diverged". Then it measures each run (`measure.py`: final loss, attention logits,
-log Z), keeps the measurements in `<out>/summary.json`, computes each setting's LR sensitivity (the paper's
-definition, `jaxtrain.proxies`; a diverged run counts as the loss at initialization), and writes
-`<out>/report.md` with plots: final loss against learning rate per setting, the max attention logit per layer and
-log Z over training for the runs that diverge or come close. `--report-only` rebuilds report.md from
-summary.json alone (the plots need the sweeps). The verdicts on the paper's claims are computed from the
-measurements, not written in advance.
+Seed after seed, for each width in `--widths` it runs the model in `config.py:<width>` for each setting of
+`--settings` (measure.SETTINGS: AdamW without and with qk-norm and z-loss, and Muon) over the learning rates
+`--lrs`: the points through `jaxtrain.sweep`'s runner, in `<workdir>/d<width>` (rerunning resumes: finished points
+are skipped). A run whose loss or gradient becomes non-finite stops with status "diverged". Then it measures each
+run (`measure.py`: final loss, attention logits, log Z), keeps the measurements in `<out>/summary.json` (the grid
+in its meta), computes each setting's LR sensitivity per seed (the paper's definition, `jaxtrain.proxies`; a
+diverged run counts as the loss at initialization), and writes `<out>/report.md` with plots: final loss against
+learning rate per setting, the max attention logit per layer and log Z over training for the runs that diverge or
+come close. `--report-only` rebuilds report.md from summary.json alone (the plots need the sweeps),
+`--measure-only` measures what finished. The verdicts on the paper's claims are computed from the measurements
+over the seeds (`checks`), not written in advance.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import time
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,7 +40,11 @@ CONFIG = os.path.join(HERE, "config.py")
 _spec = importlib.util.spec_from_file_location("instability_config", CONFIG)
 inst_config = importlib.util.module_from_spec(_spec)  # this study's config.py (min_lr_ratio)
 _spec.loader.exec_module(inst_config)
-WIDTHS = (64, 128)
+# What fits three seeds on a 2-core CPU: one width (the one where qk-norm mattered in the one-seed study of both),
+# every other of the paper's learning rates from 3e-3 (a decade apart), AdamW with and without qk-norm, and Muon.
+WIDTHS = (128,)
+LRS = (3e-3, 3e-2, 3e-1)
+DEFAULT_SETTINGS = ("baseline", "qk-norm", "muon")
 
 
 def non_embedding_params(m):
@@ -47,24 +53,34 @@ def non_embedding_params(m):
   return m.num_layers * (4 * d * d + 2 * d * f)
 
 
-def grid(lrs):
+def grid(lrs, setting=None):
   """z-loss × qk-norm × learning rate, the last fastest; the cosine ends at 1e-5 for every peak, as in the paper.
+  With `setting` (a name of measure.SETTINGS) only that setting's z-loss, qk-norm and optimizer, over the rates.
 
   In this order a sweep stopped early has compared qk-norm with the baseline first (the paper's Fig. 1).
   """
-  return [f"train.z_loss=0,{proxies.Z_LOSS}", "model.qk_norm=false,true",
-          "optim.lr=" + ",".join(f"{x:g}" for x in lrs) + ";optim.min_lr_ratio="
-          + ",".join(f"{inst_config.min_lr_ratio(x):.12g}" for x in lrs)]
+  lr_axis = ("optim.lr=" + ",".join(f"{x:g}" for x in lrs) + ";optim.min_lr_ratio="
+             + ",".join(f"{inst_config.min_lr_ratio(x):.12g}" for x in lrs))
+  if setting is None:
+    return [f"train.z_loss=0,{proxies.Z_LOSS}", "model.qk_norm=false,true", lr_axis]
+  _, qk, z = next(x for x in SETTINGS if x[0] == setting)
+  return [f"optim.name={measure.OPTIMIZER.get(setting, 'adamw')}", f"train.z_loss={z:g}",
+          f"model.qk_norm={str(qk).lower()}", lr_axis]
 
 
 def run_sweeps(args):
-  """Each width's grid through the runner (resuming); the minutes it took."""
+  """Each seed's points (every setting at every width) through the runner (resuming), seed after seed, so a study
+  stopped part-way has whole seeds; the minutes it took."""
   t0 = time.time()
-  for w in args.widths:
-    t = time.time()
-    points = sweep.with_seeds(sweep.grid_points(f"{CONFIG}:{w}", grid(args.lrs), args.overrides), args.seeds)
-    sweep.run_points(points, os.path.join(args.workdir, f"d{w}"), parallel=args.parallel)
-    print(f"width {w}: sweep done in {time.time() - t:.0f} s", flush=True)
+  seeds = [int(x) for x in args.only_seeds.split(",")] if args.only_seeds else sweep.study_seeds(args.seeds)
+  for seed in seeds:
+    for w in args.widths:
+      t = time.time()
+      points = [p for n in args.settings for p in sweep.grid_points(f"{CONFIG}:{w}", grid(args.lrs, n),
+                                                                    args.overrides)]
+      points = points if seed is None else sweep.with_seeds(points, [seed])
+      sweep.run_points(points, os.path.join(args.workdir, f"d{w}"), parallel=args.parallel)
+      print(f"width {w}, seed {seed}: sweep done in {time.time() - t:.0f} s", flush=True)
   return (time.time() - t0) / 60
 
 
@@ -72,36 +88,47 @@ def run_sweeps(args):
 
 
 def checks(datas, widths):
-  """(claim, paper, ours, evidence) computed from the measurements: {seed: derived data}. With several seeds the
-  sensitivities and log Z are their means, and each run of each seed counts on its own (named with its seed)."""
-  out, data = [], measure.mean_view(datas)
+  """(claim, paper, ours, evidence) computed from the measurements: {seed: derived data}. A comparison of two
+  settings is `report.compare` of their per-seed numbers, paired by seed (agrees when the 95% interval of the mean
+  difference excludes zero on the claim's side; the opposite, or within seed noise); a claim about the unstable runs
+  counts them over every seed (`report.tally`)."""
+  out, ds = [], list(datas.values())
   tagged = [(f" seed {seed}" if len(datas) > 1 else "", d) for seed, d in datas.items()]
+  per_seed = lambda key, field: [d[key][field] if key in d else None for d in ds]
 
-  def pairs(without, with_):
-    return [(w, data[(w, without)]["sens"], data[(w, with_)]["sens"]) for w in widths
-            if (w, without) in data and (w, with_) in data
-            and None not in (data[(w, without)]["sens"], data[(w, with_)]["sens"])]
+  def compare(claim, paper, a, b, field, names, yes="agrees", no="no: the opposite", fmt="{:+.3f}", show="{:.3f}",
+              log=False):
+    """The claim "setting a's `field` is lower than b's" (a, b: (width, setting) keys); `log`: compared as log10
+    (numbers that span decades across seeds, as attention-logit peaks)."""
+    va, vb = per_seed(a, field), per_seed(b, field)
+    if all(x is None for x in va) or all(x is None for x in vb):
+      return
+    tr = (lambda vs: [None if x is None or not x > 0 else math.log10(x) for x in vs]) if log else (lambda vs: vs)
+    v = report.compare(tr(va), tr(vb), names=tuple(f"log10 {n}" for n in names) if log else names, fmt=fmt,
+                       lower=yes, higher=no)
+    out.append((claim, paper, f"**{v.label}**", f"{names[0]} {report.cell(va, show)}, {names[1]} "
+                                               f"{report.cell(vb, show)}; {v.text}"))
 
-  qk = pairs("baseline", "qk-norm") + pairs("z-loss", "qk-norm + z-loss")
-  if qk:
-    lower = sum(b < a for _, a, b in qk)
-    verdict = "agrees" if lower == len(qk) else "partly" if lower else "does not agree"
-    ev = "; ".join(f"d={w}: {a:.3f} → {b:.3f}" for w, a, b in qk)
-    out.append(("qk-norm lowers LR sensitivity", "yes, considerably, and more so as models grow (Fig. 1)",
-                f"**{verdict}** ({lower} of {len(qk)} comparisons lower)", f"without → with qk-norm ({ev}; "
-                "first the pairs without z-loss, then with)"))
-  base = [(w, data[(w, "baseline")]["sens"]) for w in widths
-          if (w, "baseline") in data and data[(w, "baseline")]["sens"] is not None]
-  if len(base) > 1:
-    grows = all(b[1] > a[1] for a, b in zip(base, base[1:]))
-    out.append(("without qk-norm, LR sensitivity grows with width", "yes (Fig. 1)",
-                f"**{'agrees' if grows else 'does not agree'}**", ", ".join(f"d={w}: {s:.3f}" for w, s in base)))
+  few = "" if len(ds) >= 3 else f" ({len(ds)} seed{'s' if len(ds) > 1 else ''}: fewer than the three a verdict needs)"
+
+  keys = {k for d in ds for k in d}
+  for w in widths:
+    for without, with_ in (("baseline", "qk-norm"), ("z-loss", "qk-norm + z-loss")):
+      if {(w, without), (w, with_)} <= keys:
+        compare(f"qk-norm lowers LR sensitivity (d={w}, {without} → {with_})",
+                "yes, considerably, and more so as models grow (Fig. 1)", (w, with_), (w, without), "sens",
+                (with_, without))
+  for a, b in zip(widths, widths[1:]):
+    if {(a, "baseline"), (b, "baseline")} <= keys:
+      compare(f"without qk-norm, LR sensitivity grows with width (d={a} → {b})", "yes (Fig. 1)", (a, "baseline"),
+              (b, "baseline"), "sens", (f"d={a}", f"d={b}"))
+  adamw = lambda n: n not in measure.OPTIMIZER
   rows = []
   for tag, d in tagged:
     for (w, n), s in sorted(d.items()):
       for lr, r in sorted(s["runs"].items()):
         a = r["attn"]
-        if r["unstable"] and a and not n.startswith("qk-norm"):
+        if r["unstable"] and a and not n.startswith("qk-norm") and adamw(n):
           rows.append((w, n, f"{lr:g}{tag}", r, a))
   if rows:
     early = [x for x in rows if x[4]["saturated_at"] is not None
@@ -113,15 +140,15 @@ def checks(datas, widths):
                    + (f", >{SATURATED:g} from step {a['saturated_at']}" if a["saturated_at"] is not None else "")
                    for w, n, lr, r, a in rows)
     control = [f"d={w} {n} lr {s['best_lr']:g}{tag}: {s['runs'][s['best_lr']]['attn']['peak']:.3g}"
-               for tag, d in tagged for (w, n), s in sorted(d.items()) if not n.startswith("qk-norm")
+               for tag, d in tagged for (w, n), s in sorted(d.items()) if not n.startswith("qk-norm") and adamw(n)
                and s["best_lr"] is not None and s["runs"][s["best_lr"]]["attn"]]
     ev += ". For comparison, the peak max logit of the best-LR runs: " + "; ".join(control)
+    v = report.tally([x in early for x in rows], yes="agrees", no="does not agree")
     out.append(("without qk-norm, attention logits grow large in the runs that diverge (or come close), "
                 "before they do",
                 "yes: logits grow to where attention is one-hot (§3.1.1)",
-                f"**{'agrees' if len(early) == len(rows) else 'partly' if early else 'does not agree'}** "
-                f"({len(early)} of {len(rows)} unstable runs without qk-norm had a logit > {SATURATED:g} before "
-                "they stopped or ended)", ev))
+                f"**{v.label}**{few} ({len(early)} of {len(rows)} unstable AdamW runs without qk-norm, over "
+                f"{len(ds)} seed(s), had a logit > {SATURATED:g} before they stopped or ended)", ev))
   timing = []
   for tag, d in tagged:
     for (w, n), s in sorted(d.items()):
@@ -137,35 +164,30 @@ def checks(datas, widths):
                                 f"{a['saturated_at']}, loss behind {partner}'s by > {GAP:g} (10-step means) from "
                                 f"step {apart}"))
   if timing:
-    k = sum(f for f, _ in timing)
+    v = report.tally([f for f, _ in timing], yes="agrees", no="does not agree")
     out.append(("the attention-logit growth shows before the loss suffers", "yes (the logits grow first)",
-                f"**{'agrees' if k == len(timing) else 'partly' if k else 'does not agree'}** ({k} of {len(timing)} "
-                "runs: logits large before the loss fell behind the same run with qk-norm)",
-                "; ".join(t for _, t in timing)))
-  qk_unstable = [f"d={w} {n} lr {lr:g}{tag}" for tag, d in tagged for (w, n), s in sorted(d.items())
-                 if n.startswith("qk-norm") for lr, r in sorted(s["runs"].items()) if r["unstable"]]
-  peaks = {n: max(s["attn_peak"] for (w, m), s in data.items() if m == n)
-           for n, _, _ in SETTINGS if any(m == n for _, m in data)}
-  if peaks:
-    out.append(("qk-norm keeps attention logits bounded", "yes",
-                "**" + ("agrees" if all(peaks[n] < min(peaks[m] for m in peaks if not m.startswith("qk"))
-                                         for n in peaks if n.startswith("qk")) else "does not agree") + "**",
-                "largest max attention logit of any run: " + ", ".join(f"{n} {v:.3g}" for n, v in peaks.items())
-                + ("; unstable runs with qk-norm: " + ", ".join(qk_unstable) if qk_unstable else
-                   "; no run with qk-norm diverged or came close")))
-  zl = []
+                f"**{v.label}**{few} ({v.text} runs over {len(ds)} seed(s): logits large before the loss fell behind the "
+                "same run with qk-norm)", "; ".join(t for _, t in timing)))
+  for w in widths:
+    for without, with_ in (("baseline", "qk-norm"), ("z-loss", "qk-norm + z-loss")):
+      if {(w, without), (w, with_)} <= keys:
+        compare(f"qk-norm keeps attention logits bounded (d={w}: the largest max attention logit of any run, "
+                f"{with_} against {without}, compared in log10)", "yes", (w, with_), (w, without), "attn_peak",
+                (with_, without), fmt="{:+.2f}", show="{:.3g}", log=True)
   for w in widths:
     for without, with_ in (("baseline", "z-loss"), ("qk-norm", "qk-norm + z-loss")):
-      if (w, without) in data and (w, with_) in data:
-        a, b = data[(w, without)]["log_z_abs_tail"], data[(w, with_)]["log_z_abs_tail"]
-        zl.append((w, without, a, b))
-  if zl:
-    closer = sum(b < 0.75 * a for *_, a, b in zl)  # at least a quarter of the way to 0, or it did not act
-    out.append(("z-loss keeps log Z near 0", "yes (the drift it prevents comes late in training, in long runs)",
-                f"**{'agrees' if closer == len(zl) else 'partly' if closer else 'not at this length'}** "
-                f"({closer} of {len(zl)} comparisons moved log Z at least a quarter of the way to 0)",
-                "mean over the learning rates of abs(log Z) over the last 10% of steps, without → with z-loss: "
-                + "; ".join(f"d={w} {n}: {a:.2f} → {b:.2f}" for w, n, a, b in zl)))
+      if {(w, without), (w, with_)} <= keys:
+        compare(f"z-loss keeps log Z near 0 (d={w}, {without} → {with_}: mean over the learning rates of |log Z| "
+                "over the last 10% of steps)", "yes (the drift it prevents comes late in training, in long runs)",
+                (w, with_), (w, without), "log_z_abs_tail", (with_, without), no="no: further from 0")
+  for w in widths:
+    if {(w, "baseline"), (w, "muon")} <= keys:
+      compare(f"Muon against AdamW, LR sensitivity (d={w}, no qk-norm): lower means a wider basin",
+              "— (a measurement: Muon, Jordan et al. 2024 and Liu et al. 2025, arXiv 2502.16982, with the "
+              "Moonlight update scale, so the same learning rates are comparable)", (w, "muon"), (w, "baseline"),
+              "sens", ("Muon", "AdamW"), yes="Muon less sensitive", no="Muon more sensitive")
+      compare(f"Muon against AdamW, best final loss over the learning rates (d={w})", "—", (w, "muon"),
+              (w, "baseline"), "best", ("Muon", "AdamW"), yes="Muon lower", no="Muon higher")
   return out
 
 
@@ -177,9 +199,13 @@ def write_report(datas, meta, args):
   lrs = sorted({lr for d in ds for s in d.values() for lr in s["runs"]})
   wall = meta.get("sweeps_min")
   seeds = "One seed." if len(ds) == 1 else f"Seeds {', '.join(map(str, datas))}: cells are mean ± sd over them."
-  lines = ["# Small-scale proxies for instabilities: LR sensitivity with and without qk-norm and z-loss", "",
+  lines = ["# Small-scale proxies for instabilities: LR sensitivity with and without qk-norm and z-loss, AdamW "
+           "and Muon", "",
            f"Generated by `python experiments/instability/run.py` on {meta['date_day']}"
-           + (f"; the sweeps took {wall:.1f} min" if wall else "") + f", {meta['cpus']} CPU threads. "
+           + (f"; the sweeps took {wall:.1f} min" if wall else "") + f", {meta['cpus']} CPU threads"
+           + (f" ({meta['machine']}; the {meta['span']['runs']} runs from {meta['span']['start']} to "
+              f"{meta['span']['end']} UTC, {meta['span']['minutes']:.0f} min of wall time, "
+              f"{meta['span']['run_minutes']:.0f} run-minutes; {meta['load']})" if meta.get("span") else "") + ". "
            "Model and training: `experiments/instability/config.py` (the paper's default setup shrunk to a CPU; "
            f"what differs is listed there and in the README). {seeds} The paper is Wortsman et al., "
            "\"Small-scale proxies for large-scale Transformer training instabilities\", ICLR 2024 (arXiv 2309.14322).",
@@ -188,7 +214,7 @@ def write_report(datas, meta, args):
            "best final loss; a diverged run counts as ℓ0. `jaxtrain.proxies.lr_sensitivity`.", "",
            "## LR sensitivity", "", "| setting | " + " | ".join(f"d_model={w}" for w in args.widths) + " |",
            "|---|" + "---|" * len(args.widths)]
-  for n in names:
+  for n in (n for n in names if any((w, n) in data for w in args.widths)):  # the settings measured
     lines.append(f"| {n} | " + " | ".join(measure.fmt_sens(over((w, n)), high=True) if (w, n) in data else "not run"
                                          for w in args.widths) + " |")
   lines += ["", "In brackets: the part of it from the learning rates above the best one, where the instabilities "
@@ -254,37 +280,51 @@ def main():
   parser.add_argument("--out", default=os.path.join(HERE, "results"), help="where report.md and the plots go")
   parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "instability"), help="the sweeps' directories")
   parser.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="d_model values (multiples of 32)")
-  parser.add_argument("--lrs", default=",".join(f"{x:g}" for x in proxies.PAPER_LRS), help="peak learning rates")
-  parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (mean ± sd)")
+  parser.add_argument("--lrs", default=",".join(f"{x:g}" for x in LRS), help="peak learning rates (the paper's: "
+                      + ",".join(f"{x:g}" for x in proxies.PAPER_LRS) + ")")
+  parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                      help=f"of {', '.join(n for n, _, _ in SETTINGS)} (names of measure.SETTINGS)")
+  parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (mean ± sd)")
   parser.add_argument("--parallel", type=int, default=2, help="points run at once (each pinned to its own core)")
   parser.add_argument("--report-only", action="store_true", help="rewrite report.md from summary.json")
+  parser.add_argument("--only-seeds", default="", help="train only these of the seeds (e.g. 1,2: several "
+                      "invocations on one workdir share the work; --measure-only then reports them all)")
+  parser.add_argument("--measure-only", action="store_true", help="no training: measure the points that finished "
+                      "in --workdir (a study stopped part-way) and write summary.json and report.md from them")
   parser.add_argument("--config", action="append", default=[], dest="overrides", metavar="FIELD=VALUE",
                       help="a fixed override for every run (e.g. train.steps=50 for a smoke test); repeatable")
   args = parser.parse_args()
   args.widths = [int(w) for w in args.widths.split(",")]
   args.lrs = [float(x) for x in args.lrs.split(",")]
-  args.seeds = list(range(args.seeds))
+  args.settings = args.settings.split(",")
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "summary.json")
   if args.report_only:
     if not os.path.exists(path):  # never overwrite a committed report with an empty one
       raise SystemExit(f"no {path}: run without --report-only first")
     meta, m = report.read_summary(path)
+    args.widths, args.lrs = meta.get("widths", args.widths), meta.get("lrs", args.lrs)  # the grid it measured
     datas = measure.from_measurements(m, args.lrs)
   else:
     # Points with the same model and learning rate-free programs (init, eval) share compiled code across processes.
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.workdir, "xla_cache"))
     t0, load0 = time.time(), os.getloadavg()[0]
     try:
-      minutes = run_sweeps(args)
+      minutes = None if args.measure_only else run_sweeps(args)
     except sweep.Interrupted as e:  # Ctrl-C / SIGTERM: the points saved their checkpoints
-      sys.exit(f"stopped by {e}: rerun the same command to resume, or --report-only to report what finished")
+      sys.exit(f"stopped by {e}: rerun the same command to resume, or --measure-only to report what finished")
     datas = measure.collect(measure.rows_by_width(args.workdir, args.widths), args.lrs)
     meta = report.meta(t0, load0, args.parallel, date_day=time.strftime("%Y-%m-%d"), cpus=os.cpu_count(),
-                       sweeps_min=minutes)
+                       sweeps_min=minutes, widths=args.widths, lrs=args.lrs, settings=args.settings,
+                       span=report.span([r["workdir"] for rows in measure.rows_by_width(args.workdir,
+                                                                                       args.widths).values()
+                                         for r in rows if float(r["values"]["optim.lr"]) in args.lrs]))
     m = measure.measurements(datas)
-    from plots import draw  # pylint: disable=import-outside-toplevel  (matplotlib: only with the sweeps)
-    draw(datas[min(datas)], args, measure.fmt_sens)  # the first seed's curves
+    try:
+      from plots import draw  # pylint: disable=import-outside-toplevel  (matplotlib: only with the sweeps)
+      draw(datas[min(datas)], args, measure.fmt_sens)  # the first seed's curves
+    except Exception as e:  # pylint: disable=broad-except  (the figures must not cost the measurements)
+      print(f"plots failed: {e!r}", flush=True)
   report.write_summary(path, meta, m, report_only=args.report_only)
   write_report(datas, meta, args)
   print(f"report: {os.path.join(args.out, 'report.md')}")

@@ -47,11 +47,14 @@ POINT = lambda r: (r["d_model"], r["lr"])  # a transfer point over seeds
 
 def transfer_points(args, s) -> list[sweep.Point]:
   """Part 1: per parametrization the grid width × η (LO:HI:x2 of `optim.lr`), named `<rule>,<values>`."""
-  w = s["widths"]
-  width = "model.d_model=" + ",".join(map(str, w)) + ";model.num_heads=" + ",".join(str(d // s["head_dim"]) for d in w)
-  grid = lambda p: sweep.grid_points(f"{CONFIG}:{p},{args.size}", [width, "optim.lr={!r}:{!r}:x2".format(*s["lr"][p])])
-  return sweep.seeded([dataclasses.replace(q, name=f"{p},{q.name}", values={"parametrization": p, **q.values})
-                       for p in PARAMS for q in grid(p)], args.seeds)
+  width = lambda w: ("model.d_model=" + ",".join(map(str, w)) + ";model.num_heads="
+                     + ",".join(str(d // s["head_dim"]) for d in w))
+  grid = lambda p, w, lr: sweep.grid_points(f"{CONFIG}:{p},{args.size}", [width(w), "optim.lr={!r}:{!r}:x2".format(*lr)])
+  name = lambda p, q: dataclasses.replace(q, name=f"{p},{q.name}", values={"parametrization": p, **q.values})
+  named = [[name(p, q) for q in grid(p, s["widths"], s["lr"][p])] for p in PARAMS]
+  extra = [name(p, q) for p, by_width in s.get("extra", {}).items() for w, lr in by_width.items()
+           for q in grid(p, (w,), lr)]
+  return sweep.seeded([q for pair in zip(*named) for q in pair] + extra, args.seeds)  # the rules side by side
 
 
 def fp8_points(args, s, lrs) -> list[sweep.Point]:
@@ -85,8 +88,21 @@ def measure_seed(s, transfer, fp8):
         "status": r["status"], "final_eval_loss": r["final_eval_loss"], "lr": sweep.value(r, "lr"),
         "width": s["fp8_width"], "wall_s": r.get("wall_s"), "error": r.get("error"),
         "loss": [(x["step"], x["loss"]) for x in rows if "loss" in x and "eval_loss" not in x],
-        "fp8": jplots.fp8_stats(rows, LINEARS)}
+        "fp8": jplots.fp8_stats(rows, LINEARS), "g": grad_series(rows)}
   return m
+
+
+def grad_series(rows) -> dict | None:
+  """Each linear's output-gradient casts over training: {"steps", linear: {stat: [mean over layers per step]}},
+  stat one of jaxtrain.fp8.STATS (rms, underflow, saturation, zero, lost, amax_underflow, amax); None without."""
+  diag = [r for r in rows if any(k.startswith("layers/fp8/") for k in r)]
+  if not diag:
+    return None
+  out = {"steps": [r["step"] for r in diag]}
+  for name in LINEARS:
+    stats = [k.rsplit("/g_", 1)[1] for k in diag[0] if k.startswith(f"layers/fp8/{name}/g_")]
+    out[name] = {st: [float(np.mean(r[f"layers/fp8/{name}/g_{st}"])) for r in diag] for st in stats}
+  return out
 
 
 def measure(args, s, t0, load0):
@@ -99,8 +115,14 @@ def measure(args, s, t0, load0):
            f"{c.model.vocab_size} (bytes), {c.train.steps} steps of {c.train.global_batch}×{c.data.seq_len} tokens "
            f"({c.train.steps * c.train.global_batch * c.data.seq_len / 1e3:.0f}k tokens), {c.model.compute_dtype}; "
            f"validation loss on {c.train.eval_batches} batches")
-  return report.meta(t0, load0, args.parallel, gpu=args.size == "gpu", model=model,
-                     span=report.span(r["workdir"] for r in transfer + fp8)), report.join_seeds(seeds, per)
+  meta = report.meta(t0, load0, args.parallel, gpu=args.size == "gpu", model=model,
+                     span=report.span(r["workdir"] for r in transfer + fp8))
+  # One wall time, the report's: the runs' span across every invocation (the study ran in parts), not this
+  # invocation's, which summary.json used to give as wall_min beside a report giving the span.
+  meta["invocation_min"] = meta["wall_min"]
+  if meta["span"]:
+    meta["wall_min"] = meta["span"]["minutes"]
+  return meta, report.join_seeds(seeds, per)
 
 
 def transfer_table(rows, widths):
@@ -112,6 +134,65 @@ def transfer_table(rows, widths):
     out.append({"d_model": w, "best_lr": None} if o is None else {
         "d_model": w, "best_lr": o["x"], "best_loss": o["y"], "edge": o["edge"], "fit_lr": o["fit"], "n_ok": o["n_ok"],
         "n": o["n"], "bad": [(lr, r["status"]) for lr, r in pts if r["status"] != "ok"]})
+  return out
+
+
+# The applied hidden η* ∝ d^e each rule predicts: μS's 1/√fan_in (Table 2), SP's 1/d (§3.2).
+RULE_EXPONENTS = {"μS": -0.5, "SP": -1.0}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def interior_widths(mean_tab) -> list[int]:
+  """The widths that enter the exponent fit: those whose curve of mean loss over the seeds has its minimum inside
+  the η grid (at an edge the optimum may lie outside it, and the estimate would be the edge)."""
+  return [r["d_model"] for r in mean_tab if r.get("best_lr") and not r["edge"]]
+
+
+def exponent_fit(per_seed: list[dict]) -> dict | None:
+  """The exponent e of η* ∝ d^e with a 95% confidence interval over seeds.
+
+  per_seed: each seed's {width: applied η*} (the same widths in every seed). Each seed gives the least-squares
+  slope of log η* against log d; the interval is mean ± t(0.975, n−1)·sd/√n over the seeds (Student's t: with
+  3 seeds, t = 4.30). None with fewer than 2 widths; one seed gives no interval (lo = hi = None).
+  """
+  per_seed = [ps for ps in per_seed if len(ps) >= 2]
+  if not per_seed:
+    return None
+  slopes = [float(np.polyfit(np.log2(list(ps)), np.log2(list(ps.values())), 1)[0]) for ps in per_seed]
+  m, sd, n = report.mean_spread(slopes)
+  half = T975.get(n - 1, 1.96) * sd / math.sqrt(n) if n > 1 else None
+  return {"slopes": slopes, "mean": m, "sd": sd, "n": n, "lo": None if half is None else m - half,
+          "hi": None if half is None else m + half, "widths": sorted(per_seed[0])}
+
+
+def exponent_verdict(fit, rules=None) -> report.Verdict:
+  """Which rule's exponent the fit's confidence interval holds: one alone (its label: "<rule>'s rule"), both
+  ("cannot tell"), neither ("neither"); "not measured" without an interval (one seed, < 2 widths)."""
+  rules = RULE_EXPONENTS if rules is None else rules
+  if not fit or fit["lo"] is None:
+    return report.Verdict("not measured", None, "no interval (one seed or fewer than 2 widths)")
+  inside = [name for name, e in rules.items() if fit["lo"] <= e <= fit["hi"]]
+  text = f"d^{fit['mean']:.2f} [{fit['lo']:.2f}, {fit['hi']:.2f}] (95%, n={fit['n']})"
+  if len(inside) == 1:
+    return report.Verdict(f"{inside[0]}'s rule", True, text)
+  return report.Verdict("cannot tell" if inside else "neither", False, text)
+
+
+def transfer_fits(tabs, mean_tabs, d_base) -> dict:
+  """Per parametrization: the exponent fit over the seeds on the widths with an interior optimum (`interior_widths`)
+  whose grid finished in every seed, each seed's η* its parabola estimate at each of those widths, and the widths
+  dropped."""
+  out = {}
+  for p in PARAMS:
+    rows_at = lambda w: [r for t in tabs for r in t[p] if r["d_model"] == w]
+    done = lambda w: (len(rows_at(w)) == len(tabs)  # every seed ran that width's whole grid
+                      and all(r.get("n_ok") == max(x.get("n", 0) for x in rows_at(w)) for r in rows_at(w)))
+    keep = [w for w in interior_widths(mean_tabs[p]) if done(w)]  # every seed's grid finished at that width
+    per_seed = [{r["d_model"]: cfg.applied(p, r["fit_lr"], r["d_model"], d_base) for r in t[p]
+                 if r["d_model"] in keep and r.get("best_lr")} for t in tabs]
+    fit = exponent_fit([ps for ps in per_seed if len(ps) == len(keep)])
+    dropped = [r["d_model"] for r in mean_tabs[p] if r["d_model"] not in keep]
+    out[p] = {"fit": fit, "verdict": exponent_verdict(fit), "dropped": dropped}
   return out
 
 
@@ -133,7 +214,7 @@ def plots(per, s, out_dir):  # the transfer points' mean loss over seeds, the FP
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  widths, d_base, rules, best, fp8 = s["widths"], s["widths"][0], {}, {}, per[0]["fp8"]
+  widths, d_base, rules, best, fp8 = s["widths"], s["d_base"], {}, {}, per[0]["fp8"]
   transfer = {p: report.mean_rows([r for m in per for r in m["transfer"].get(p, [])], POINT) for p in PARAMS}
   for p, mk in (("mus", "o"), ("sp", "s")):
     rules[NAMES[p]] = {"points": [dict(r, applied=cfg.applied(p, r["lr"], r["d_model"], d_base))
@@ -161,22 +242,65 @@ def over_seeds(verdicts, p):
       e for v in verdicts if p in v for e in v[p]["edges"]))
 
 
-def claims(per, tabs, verdicts, s):
+def entries_lost(g, name) -> list[float]:
+  """A linear's share of output-gradient entries that are 0 after the E5M2 cast, per diagnostics step: exact zeros
+  (no gradient reached it) plus the non-zeros that underflow, so an all-zero gradient counts as 100% lost."""
+  z, u = g[name].get("zero"), g[name]["underflow"]
+  return list(u) if z is None else [zi + (1 - zi) * ui for zi, ui in zip(z, u)]
+
+
+def grad_range(gs) -> dict:
+  """Whether a run's output gradients stayed in E5M2's range, over its seeds (`gs`: each seed's `grad_series`):
+  per linear the worst over steps and seeds of saturation, lost squared-norm share, and the excess of underflow
+  over the floor an amax scale would leave (`amax_underflow`: no per-tensor scale without clipping goes below);
+  "mass": no saturation and < 1e-6 of the squared norm lost anywhere; "count": also every excess < 5 points."""
+  per = {}
+  for name in LINEARS:
+    rs = [g[name] for g in gs if g and name in g]
+    if not rs or "lost" not in rs[0]:
+      continue
+    per[name] = {"saturation": max(max(r["saturation"]) for r in rs), "lost": max(max(r["lost"]) for r in rs),
+                 "excess": max(max(u - f for u, f in zip(r["underflow"], r["amax_underflow"])) for r in rs),
+                 "amax": max(max(r["amax"]) for r in rs)}
+  mass = bool(per) and all(v["saturation"] == 0 and v["lost"] < 1e-6 for v in per.values())
+  return {"per": per, "mass": mass, "count": mass and all(v["excess"] < 0.05 for v in per.values())}
+
+
+def grad_table(f8) -> list[str]:
+  """Per run with gradient diagnostics and per linear: E5M2 casts of the output gradient over training, over seeds."""
+  out = []
+  for k in ("mus_static", "mus_static_pl", "mus_static_s1", "sp_static_s1"):
+    gs = [r["g"] for r in f8.get(k, []) if r.get("g") and "lost" in r["g"].get(LINEARS[0], {})]
+    for name in LINEARS if gs else ():
+      col = lambda st, i: [g[name][st][i] for g in gs]
+      fl = lambda st, fmt=pct: f"{cell(col(st, 0), fmt)} → {cell(col(st, -1), fmt)}"
+      lost = [entries_lost(g, name) for g in gs]
+      out.append([LABELS[k], name, fl("rms", "{:.3g}"), fl("underflow"), cell(col("amax_underflow", -1), pct),
+                  f"{cell([x[0] for x in lost], pct)} → {cell([x[-1] for x in lost], pct)}",
+                  cell([max(g[name]["lost"]) for g in gs], "{:.1e}"),
+                  cell([fp8_max / max(max(g[name]["amax"]), 1e-30) for g in gs], "{:.3g}×"),
+                  cell([max(g[name]["saturation"]) for g in gs], pct)])
+  return out
+
+
+fp8_max = 57344.0  # E5M2's largest finite value
+
+
+def claims(per, tabs, verdicts, s, fits=None):
   """(claim, measured, verdict) rows; over seeds from the per-seed values (cells mean ± sd, verdicts on the mean)."""
   out, widths, C = [], s["widths"], cfg.CLAIMS
   (mus, mus_edges), (sp, sp_edges) = (over_seeds(verdicts, p) for p in PARAMS)
-  edge = lambda edges: f"; edge at {edges}" if edges else ""
-  if mus("spread_steps"):
-    ok = report.at_most(mus("spread_steps"), 1).agrees and not mus_edges
-    out.append((C["mus_transfer"], f"best `optim.lr` spans {cell(mus('spread_steps'), '{:.0f}')} grid step(s) over "
-                f"{widths[0]}→{widths[-1]} ({widths[-1] // widths[0]}×)" + edge(mus_edges),
-                "yes" if ok else ("not shown (optimum at a grid edge)" if mus_edges else "no")))
-  if sp("slope_applied"):
-    moved = report.verdict(sp("slope_applied"), -1.0, 0.5).agrees  # 1/d, give or take half a power
-    out.append((C["sp_transfer"], f"applied η* ∝ d^{cell(sp('slope_applied'), '{:.2f}')}; best `optim.lr` under the "
-                f"1/d rule moves {cell(sp('shift_steps'), '{:+.0f}')} step(s) over {widths[-1] // widths[0]}×"
-                + edge(sp_edges),
-                "not shown (optimum at a grid edge)" if sp_edges else ("yes" if moved else "no")))
+  for p, key, want in (("mus", "mus_transfer", "μS's rule"), ("sp", "sp_transfer", "SP's rule")):
+    f = (fits or {}).get(p)
+    if not f or not f["fit"]:
+      continue
+    got = (mus if p == "mus" else sp)
+    v = f["verdict"]
+    out.append((C[key], f"applied hidden η* ∝ {v.text} on widths {f['fit']['widths']}"
+                + (f" (dropped: {f['dropped']}: optimum at a grid edge of the mean curve, or a grid unfinished)"
+                   if f["dropped"] else "")
+                + f"; best `optim.lr` spans {cell(got('spread_steps'), '{:.0f}')} grid step(s) per seed",
+                ("yes" if v.label == want else "no") + f": {v.label}" if v.agrees is not None else v.label))
   best = lambda p, w: [r["best_loss"] for t in tabs for r in t[p] if r["d_model"] == w and r.get("best_lr")]
   if pairs := [w for w in widths if best("mus", w) and best("sp", w)]:
     wins = report.tally(mean(best("mus", w)) <= mean(best("sp", w)) for w in pairs)
@@ -202,8 +326,14 @@ def claims(per, tabs, verdicts, s):
       fails = report.tally(r["status"] != "ok" or None not in (loss(m, k), loss(m, ref)) and loss(m, k) - loss(m, ref)
                            > 0.05 for m, r in zip(ms, rs))
       fl = lambda t: report.first_last([r["fp8"][f"{t}_underflow"] for r in rs], pct)
+      gs = [r["g"] for r in rs if r.get("g") and "zero" in r["g"].get(LINEARS[0], {})]
+      lost = [[float(np.mean([entries_lost(g, n)[i] for n in LINEARS])) for i in range(len(g["steps"]))] for g in gs]
+      dead = [sum(g[n]["zero"][-1] > 0.99 for n in LINEARS) for g in gs]
+      gtext = (f"g entries 0 after the cast (all-zero gradients counted as lost), mean over linears "
+               f"{report.first_last(lost, pct)}; linears with an all-zero gradient at the end {cell(dead, '{:.1f}')} "
+               f"of {len(LINEARS)}; " if gs else "") + f"g underflow of the non-zeros {fl('g')}"
       out.append((C[k], f"{report.statuses(r['status'] for r in rs)}; val loss {cell(pooled(rs, 'final_eval_loss'))} "
-                  f"(without FP8 {cell(val(ref))}); g underflow {fl('g')}, w underflow {fl('w')}",
+                  f"(without FP8 {cell(val(ref))}); {gtext}, w underflow {fl('w')}",
                   {"yes": "yes: it fails" if k.startswith("sp") else "fails too", "no": "no: it trains" if k.startswith(
                       "sp") else "trains"}.get(fails.label, f"fails in {fails.text} seeds")))
   if fs := [f for m in per if (f := (m["fp8"].get("mus_static") or {}).get("fp8"))]:
@@ -213,18 +343,37 @@ def claims(per, tabs, verdicts, s):
     out.append((C["mus_static"], f"static casts, no scale state; saturation max {cell(sat, pct)}; underflow over "
                 f"training, mean over linears, at worst: x {cell(worst['x'], pct)}, w {cell(worst['w'], pct)}, g "
                 f"{cell(worst['g'], pct)} (worst single linear g {cell([max(f['g_underflow_max']) for f in fs], pct)}"
-                "); the gradients need the static scale S = N·d the paper does not give (spec §1.7)",
-                "yes" if fine else "partly"))
+                "); the gradients need a static scale S = N·d the paper does not give (it says only that gradients "
+                "'can be directly cast', §3.3)", "yes" if fine else "partly"))
     xd = [v for f in fs if (v := f["x_underflow_last"].get("mlp.down")) is not None]
     out.append((C["gelu"], f"μS static, mlp.down x underflow at the last diagnostics step: {cell(xd, pct)} (mean over "
                 "layers)", "yes" if xd and mean(xd) > 0.1 else "not at this size"))
+  for k in ("mus_static", "mus_static_pl"):
+    gs = [g for m in per if (g := (m["fp8"].get(k) or {}).get("g")) and "lost" in g.get(LINEARS[0], {})]
+    if not gs:
+      continue
+    rng = grad_range(gs)
+    worst = max(rng["per"], key=lambda n: rng["per"][n]["excess"])
+    d = pair(k, "mus_none")
+    text = (f"{LABELS[k]}: over {len(gs)} seed(s), every linear and diagnostics step: saturation max "
+            f"{pct(max(v['saturation'] for v in rng['per'].values()))}, squared norm lost to underflow at most "
+            f"{max(v['lost'] for v in rng['per'].values()):.1e}, amax at most 1/"
+            f"{fp8_max / max(v['amax'] for v in rng['per'].values()):.3g} of E5M2's max; underflow above the "
+            f"amax-scale floor at most {pct(rng['per'][worst]['excess'])} ({worst})"
+            + (f"; val loss {d[0]}" if d else ""))
+    label = ("yes" if rng["count"] else "in norm, not in count" if rng["mass"] else "no")
+    out.append((C["mus_static_pl"] if k == "mus_static_pl" else "(control) the same criteria for one S = N·d",
+                text, label))
   return out
 
 
 def write_report(per, s, args, meta):
-  widths, d_base, w, n = s["widths"], s["widths"][0], s["fp8_width"], len(per)
+  widths, d_base, w, n = s["widths"], s["d_base"], s["fp8_width"], len(per)
   tabs = [{p: transfer_table(m["transfer"].get(p, []), widths) for p in PARAMS} for m in per]
   verdicts = [transfer_verdicts(tab, d_base) for tab in tabs]
+  mean_tabs = {p: transfer_table(report.mean_rows([r for m in per for r in m["transfer"].get(p, [])], POINT), widths)
+               for p in PARAMS}
+  fits = transfer_fits(tabs, mean_tabs, d_base)
   rows = []
   for p in PARAMS:
     for i, width in enumerate(widths):
@@ -242,10 +391,11 @@ def write_report(per, s, args, meta):
   for (got, edges), p in ((over_seeds(verdicts, p), p) for p in PARAMS if any(p in v for v in verdicts)):
     bullets += (
         f"- {NAMES[p]}: the best `optim.lr` spans {cell(got('spread_steps'), '{:.0f}')} grid step(s) over the widths "
-        f"(from d = {widths[0]} to d = {widths[-1]}: {cell(got('shift_steps'), '{:+.0f}')} steps); the applied hidden "
-        f"η* scales as d^{cell(got('slope_applied'), '{:.2f}')} (least squares on the parabola estimates; μS's rule "
-        "is d^-0.5, SP's d^-1)." + (f" **Optimum at a grid edge for width(s) {edges}**: the true optimum may lie "
-                                    "outside the grid there." if edges else " Every optimum is interior.") + "\n")
+        f"(from d = {widths[0]} to d = {widths[-1]}: {cell(got('shift_steps'), '{:+.0f}')} steps)."
+        + (f" **Optimum at a grid edge in some seed for width(s) {edges}**: the true optimum may lie "
+                                    "outside the grid there." if edges else " Every optimum is interior.")
+        + (f" Exponent over the seeds, on the widths whose mean curve has an interior optimum: {v.text}: "
+           f"**{v.label}**." if (v := fits[p]["verdict"]).agrees is not None else "") + "\n")
   f8 = report.over_seeds(per, "fp8")
   health = {k: [r["fp8"] for r in rs if r["fp8"]] for k, rs in f8.items()}  # each run's FP8 diagnostics over seeds
   fp8_rows = [[LABELS[k], report.statuses(r["status"] for r in f8[k]), cell(pooled(f8[k], "final_eval_loss")),
@@ -268,7 +418,8 @@ def write_report(per, s, args, meta):
       **{f"lr_{p}": report.num(v, "{:g}") for p, v in lr_of.items()},
       **{f"best_{p}": cell(v, "{:g}") for p, v in best1.items()},
       fp8_table="\n".join(report.rows(fp8_rows)),
-      per_linear=per_linear, claims="\n".join(report.claims(claims(per, tabs, verdicts, s))))
+      per_linear=per_linear, grad_table="\n".join(report.rows(grad_table(f8))),
+      claims="\n".join(report.claims(claims(per, tabs, verdicts, s, fits))))
 
 
 def main():

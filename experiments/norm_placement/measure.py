@@ -33,9 +33,14 @@ def analyse(row, config) -> dict:
   params = restored.state["params"]
   kw = dict(seq_len=config.data.seq_len, global_batch=config.train.global_batch)
   batches = data.eval_batches(config.data, num_batches=config.train.eval_batches, **kw)
-  states = analysis.stream_states(prog.graphdef, params, batches[0]["inputs"])
-  out["angular_last"] = analysis.stream_distances(states, last_token=True)
-  out["angular_all"] = analysis.stream_distances(states, last_token=False)
+  # Every eval batch (not only the first: 16 last tokens are a noisy sample), averaged; equal batch sizes, so the
+  # mean of the batches' means is the mean over all their sequences.
+  last, every = [], []
+  for b in batches:
+    states = analysis.stream_states(prog.graphdef, params, b["inputs"])
+    last.append(analysis.stream_distances(states, last_token=True))
+    every.append(analysis.stream_distances(states, last_token=False))
+  out["angular_last"], out["angular_all"] = np.mean(last, axis=0), np.mean(every, axis=0)
   out["final_loss"], out["skip_drop"] = analysis.layer_skip_drops(
       prog.graphdef, params, batches, config.model.num_layers,
       output=config.model.output, dtype=config.train.loss_dtype)
@@ -53,6 +58,8 @@ def measurement(r) -> dict:
        "seconds": float(r["seconds"]),
        "final_loss": float(r["final_loss"]), "final_ppl": float(np.exp(r["final_loss"])),
        "skip_drop": [float(x) for x in r["skip_drop"]], "angular_next": [float(x) for x in angular],
+       "angular_next_all": [float(x) for x in np.asarray(r["angular_all"][0][:L])],
+       "skip_first_mean": float(np.mean(np.asarray(r["skip_drop"])[: L // 3])),
        "skip_deep_mean": float(np.mean(np.asarray(r["skip_drop"])[deep])),
        "angular_deep_mean": float(np.mean(angular[deep])), "angular_first_mean": float(np.mean(angular[: L // 3])),
        "diagnostics": bool(r["diag"])}
@@ -66,10 +73,12 @@ def measurement(r) -> dict:
 
 
 def load_config(config_path, placement, size, steps):
-  """The study's config for one placement, and its overrides; `steps` rescales the step-based intervals with it."""
+  """The study's config for one placement, and its overrides; `steps` rescales the step-based intervals with it.
+  `size`: "cpu" (the config's default size), "small" or "gpu"."""
   overrides = []
   if steps:
     overrides = [f"train.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
-                 f"train.diagnostics_every={max(1, steps // 10)}", f"train.eval_every={max(1, steps // 4)}"]
-  spec = f"{config_path}:{placement}" + (",gpu" if size == "gpu" else "")
+                 f"train.diagnostics_every={max(1, steps // 10)}", f"train.eval_every={max(1, steps // 4)}",
+                 f"train.checkpoint_every={max(1, steps // 4)}"]
+  spec = f"{config_path}:{placement}" + ("" if size == "cpu" else f",{size}")
   return spec, overrides, cfg_lib.load(spec, overrides)

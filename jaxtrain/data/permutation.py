@@ -27,15 +27,18 @@ def _mix(x):
 
 
 class Permutation:
-  """perm(i) for int arrays i in [0, n): the epoch-th seeded permutation of [0, n)."""
+  """perm(i) for int arrays i in [0, n): the epoch-th seeded permutation of [0, n).
 
-  def __init__(self, n: int, seed: int, epoch: int):
+  `stream` keys independent orders from one seed (a mixture's sources, its blocks); 0 is the single-source
+  order, as it always was."""
+
+  def __init__(self, n: int, seed: int, epoch: int, stream: int = 0):
     if n < 1:
       raise ValueError(f"cannot permute {n} elements")
     self.n = n
     self.k = ((n - 1).bit_length() + 1) // 2  # half the bits: 4^k >= n
     self.mask = np.uint64((1 << self.k) - 1)
-    entropy = np.random.SeedSequence([seed % 2**64, epoch, _DATA_ORDER])
+    entropy = np.random.SeedSequence([seed % 2**64, epoch, _DATA_ORDER] + ([stream] if stream else []))
     self.keys = np.random.default_rng(entropy).integers(0, 2**64, size=ROUNDS, dtype=np.uint64)
 
   def _feistel(self, x):

@@ -1,6 +1,7 @@
 """Random-access document sources: `data_cfg` -> a sequence of text documents.
 
-Everything is read with TFDS data sources (array_record files, no TensorFlow).
+Everything is read with TFDS data sources (array_record files, no TensorFlow),
+except `data.name=files`: dataset files read with pyarrow (files.py).
 
 `data.data_dir` may be a bucket (`gs://...`). array_record and the token
 cache's memmap read local files only, so what must be local lives in a local
@@ -21,10 +22,10 @@ from typing import NamedTuple
 import tensorflow_datasets as tfds
 
 from jaxtrain import paths
-from jaxtrain.data import builders
+from jaxtrain.data import builders, files
 from jaxtrain.data.errors import DataError
 
-LOCAL = ("pystdlib", "text_files")
+LOCAL = ("pystdlib", "shakespeare", "text_files")
 BUCKET_CACHE = "~/.cache/jaxtrain/buckets"  # the default root of local mirrors of bucket data dirs
 
 
@@ -114,10 +115,13 @@ class Split(NamedTuple):
   identity: str           # the data set's TFDS full name (name/config/version; for local files it hashes the set)
 
 
-def open_split(data_cfg, split: str, stage: bool = True) -> Split:
+def open_split(data_cfg, split: str, stage: bool = True) -> Split | files.FilesSplit:
   """Opens one split of `data_cfg.name` for random access. `stage=False`: a TFDS dataset in a bucket is not copied
-  to the local mirror, and its `source` cannot be read (for its identity only)."""
-  name, ddir = data_cfg.name, data_dir(data_cfg)
+  to the local mirror, and its `source` cannot be read (for its identity only). `data.name=files`: the split's
+  documents as chunks (files.FilesSplit), its files indexed once (memoized in the data dir's token_cache/)."""
+  name, ddir = data_cfg.get("name", "pystdlib"), data_dir(data_cfg)
+  if name == "files":
+    return files.open_split(data_cfg, split, os.path.join(local_dir(ddir), "token_cache", "file_index"))
   if name in LOCAL:  # made from local files: prepared locally, also for a bucket data_dir (in its mirror)
     local = local_dir(ddir)
     try:
@@ -136,3 +140,22 @@ def open_split(data_cfg, split: str, stage: bool = True) -> Split:
   if not stage and paths.is_remote(ddir) and name not in LOCAL:
     return Split(None, key, builder.info.full_name)
   return Split(builder.as_data_source(split=split), key, builder.info.full_name)
+
+
+DOCS_PER_TASK = 512  # documents of a TFDS split read and tokenized at once (one worker task)
+
+
+def tasks(opened, docs_per_task: int = DOCS_PER_TASK) -> list:
+  """The split `opened` cut into tasks, in document order: files.Chunks, or index ranges (lo, hi) of a TFDS split."""
+  if isinstance(opened, files.FilesSplit):
+    return list(opened.chunks)
+  n = len(opened.source)
+  return [(lo, min(lo + docs_per_task, n)) for lo in range(0, n, docs_per_task)]
+
+
+def documents(opened, task) -> list:
+  """The documents (str or bytes) of one task of `tasks(opened)`."""
+  if isinstance(task, files.Chunk):
+    return files.read_chunk(task)
+  lo, hi = task
+  return [ex[opened.key] for ex in opened.source.__getitems__(list(range(lo, hi)))]

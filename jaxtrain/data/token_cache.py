@@ -3,12 +3,20 @@
 As Levanter's tokenized cache and nanoGPT's `train.bin`: the split's documents, in
 order, are tokenized and each followed by eos, and the ids concatenated into
 `tokens.bin` (uint16 when the vocabulary fits, else int32). `meta.json` beside it
-holds the counts and a sha256 of the tokens, the fingerprint a resume checks.
+holds the counts, `eos_id` and a sha256 of the tokens, the fingerprint a resume checks.
+
+The end-of-document convention, which packing's segment ids derive from: the
+stream is `d0 EOD d1 EOD ... dn EOD`, exactly one EOD (`meta["eos_id"]`, the
+tokenizer's `eos_id`) after every document, the EOD being its document's last
+token; no tokenizer produces that id from text (tokenizer.py), no BOS is added, an
+empty document is a lone EOD.
 
 The cache lives in `{data.data_dir}/token_cache/<dataset>.<split>.<tokenizer>/`,
-keyed by the dataset's TFDS full name (name/config/version; for `pystdlib` and
-`text_files` the config name hashes the file set), the split and the tokenizer's
-identity. The first process to take the lock builds it into a temporary directory
+keyed by the dataset's identity (a TFDS full name, name/config/version, where for
+`pystdlib` and `text_files` the config name hashes the file set; for
+`data.name=files` a hash of the files' contents, files.py), the split and the
+tokenizer's identity (for a file, a hash of it; for a tokenizer.json, also its EOD
+id). The first process to take the lock builds it into a temporary directory
 and renames it into place; the others wait, then read it. Building is
 deterministic, so hosts that share no disk each build the same bytes.
 
@@ -40,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import paths
-from jaxtrain.data import sources
+from jaxtrain.data import files, sources
 from jaxtrain.data.errors import DataError
 from jaxtrain.data.tokenizer import make_tokenizer
 
@@ -63,23 +71,29 @@ def _safe(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _tokenize(source, key, tok, lo: int, hi: int, dtype: str) -> np.ndarray:
-  """Documents [lo, hi) of `source` -> their tokens, each document followed by eos."""
+def _tokenize(docs, tok, dtype: str) -> np.ndarray:
+  """The tokens of `docs` (str or bytes), each document followed by eos."""
   eos = np.array([tok.eos_id], np.int32)
-  docs = source.__getitems__(list(range(lo, hi)))
-  return np.concatenate([a for ex in docs for a in (tok.encode(ex[key]), eos)]).astype(dtype)
+  if not docs:
+    return np.zeros(0, dtype)
+  return np.concatenate([a for ids in tok.encode_batch(docs) for a in (ids, eos)]).astype(dtype)
+
+
+def _one_thread_each() -> None:
+  """A worker's initializer: the pool is the parallelism, so `tokenizers` runs one thread per worker."""
+  os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 @functools.lru_cache(maxsize=2)
-def _open_in_worker(cfg_json: str, split: str):
+def _open_in_worker(cfg_json: str, split: str, tfds: bool):
   cfg = ml_collections.ConfigDict(json.loads(cfg_json))
-  return sources.open_split(cfg, split), make_tokenizer(cfg)
+  return sources.open_split(cfg, split) if tfds else None, make_tokenizer(cfg)
 
 
-def _worker_tokenize(cfg_json: str, split: str, lo: int, hi: int, dtype: str) -> np.ndarray:
-  """`_tokenize` in a worker process, which opens the split once for all its tasks."""
-  (source, key, _), tok = _open_in_worker(cfg_json, split)
-  return _tokenize(source, key, tok, lo, hi, dtype)
+def _worker_tokenize(cfg_json: str, split: str, task, dtype: str) -> np.ndarray:
+  """`_tokenize` of one task in a worker process, which opens the split (TFDS) and the tokenizer once."""
+  opened, tok = _open_in_worker(cfg_json, split, not isinstance(task, files.Chunk))
+  return _tokenize(sources.documents(opened, task), tok, dtype)
 
 
 def load(data_cfg, split: str) -> TokenCache:
@@ -104,7 +118,7 @@ def load(data_cfg, split: str) -> TokenCache:
           if shared is not None and (shared / "meta.json").exists():
             _fetch(shared, root, final)
           else:
-            if opened.source is None:
+            if isinstance(opened, sources.Split) and opened.source is None:
               opened = sources.open_split(data_cfg, split)  # the dataset, copied from the bucket now
             _build(data_cfg, split, opened, tok, root, final)
             if shared is not None:
@@ -152,31 +166,39 @@ def _upload(final: str, shared: epath.Path) -> None:
 
 def _build(data_cfg, split, opened, tok, root, final):
   t0 = time.perf_counter()
-  n_docs = len(opened.source)
+  n_docs = opened.num_documents if isinstance(opened, files.FilesSplit) else len(opened.source)
   if not n_docs:
-    raise DataError(f"split {split!r} of {data_cfg.name!r} has no documents: use another split "
-                    "(--config.data.train_split/eval_split)")
+    raise DataError(f"split {split!r} of {data_cfg.get('name')!r} has no documents: use another split "
+                    "(--config.data.train_split/eval_split)" + (", or other data.files" if
+                                                                isinstance(opened, files.FilesSplit) else ""))
   dtype = "uint16" if tok.vocab_size <= 2**16 else "int32"
-  chunks = [(lo, min(lo + DOCS_PER_CHUNK, n_docs)) for lo in range(0, n_docs, DOCS_PER_CHUNK)]
+  tasks = sources.tasks(opened, DOCS_PER_CHUNK)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".incomplete-", dir=root)
   try:
-    sha, n_tokens = hashlib.sha256(), 0
+    sha, n_tokens, n_docs = hashlib.sha256(), 0, 0
     with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
       workers = data_cfg.get("num_workers", 0)
       if workers > 0:  # spawned, not forked: this process may run JAX's threads
-        cfg_json = json.dumps(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        parts = pool.map(_worker_tokenize, *zip(*[(cfg_json, split, lo, hi, dtype) for lo, hi in chunks]))
+        cfg = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+        cfg["tokenizer"] = getattr(tok, "path", cfg.get("tokenizer", "byte"))  # bpe:N: its file, not trained again
+        cfg_json = json.dumps(cfg)
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_one_thread_each)
+        parts = pool.map(_worker_tokenize, *zip(*[(cfg_json, split, task, dtype) for task in tasks]))
       else:
-        pool, parts = None, (_tokenize(opened.source, opened.key, tok, lo, hi, dtype) for lo, hi in chunks)
+        pool, parts = None, (_tokenize(sources.documents(opened, task), tok, dtype) for task in tasks)
       try:
         for part in parts:  # in document order, whatever the number of workers
           f.write(part.tobytes())
           sha.update(part.tobytes())
           n_tokens += part.size
+          n_docs += int(np.count_nonzero(part == tok.eos_id))  # one EOD per document, none from text
       finally:
         if pool is not None:
           pool.shutdown(cancel_futures=True)
+    if not n_docs:
+      raise DataError(f"split {split!r} of {data_cfg.get('name')!r} has no documents: use another split or other "
+                      "files")
     meta = dict(format=FORMAT, dataset=opened.identity, split=split, tokenizer=tok.identity, dtype=dtype,
                 vocab_size=tok.vocab_size, eos_id=tok.eos_id, num_documents=n_docs, num_tokens=n_tokens,
                 sha256=sha.hexdigest(), build_seconds=round(time.perf_counter() - t0, 2))

@@ -99,6 +99,26 @@ def regrid(old: jax.Array, amap: AxisMap, fill: jax.Array, scale=1.0) -> jax.Arr
   return jnp.where(new_mask, fill.astype(old.dtype), (gathered * scale).astype(old.dtype))
 
 
+def repeats(idx) -> np.ndarray:
+  """Per new position of one axis map, whether it is new: -1, or an old index that already appeared before it.
+
+  The first appearance of each old index is the old entry (it keeps what it had); later ones are copies: MSG's
+  new blocks (Yao et al., ICLR 2024; github.com/cofe-ai/MSG `stack_block`) and Net2Net's split units."""
+  idx, seen, out = np.asarray(idx), set(), []
+  for i in idx.tolist():
+    out.append(i < 0 or i in seen)
+    seen.add(i)
+  return np.array(out, bool)
+
+
+def without_copies(index_map):
+  """The index map with every copy (`repeats`) sent to -1 on every axis: copies get what new entries get."""
+  def one(a):
+    return AxisMap(tuple(np.where(repeats(i), -1, i) for i in a.idx))
+
+  return jax.tree.map(one, index_map, is_leaf=lambda x: isinstance(x, AxisMap))
+
+
 def compose_index_maps(first, second):
   """The index map of `second` applied after `first` (both as returned with `with_index_map=True`)."""
 

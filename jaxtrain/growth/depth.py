@@ -9,8 +9,12 @@ Models for Efficient Transformer Training", Wang et al., ICLR 2023, arXiv 2303.0
     stack          G_stack = G↑direct   θ̂_i = θ_π(i), π(i) = i mod L (or any layer map)           not FP
     g_zero         G↑zero               θ̂_i = θ_π(i), π(i) = ⌊i/g⌋; repeats' W_O = W_down = 0     FP
     g_learn        G↑learn (LiGO depth) θ̂_i = Σ_j w_ij θ_j, w fitted to the loss from one-hot(π)  not FP
-    g_random       G↑random             new layers on top, freshly initialized                   not FP
+    g_random       fresh layers on top (the paper's G↑random only with the event's
+                   ramp_steps: MSG's mask, prts `msg.py`)                                          not FP (FP at m = 0)
     insert_layers  Gesmundo #6          new layers anywhere, fresh but W_O = W_down = 0           FP
+
+A non-integer growth factor g (g·L a whole number of layers L̂) gives stack and g_learn bert2BERT's and MSG's map
+(`top_fill_map`: the stack ⌊g⌋ times, the remainder from the top layers) and g_zero prts' ⌊i·L/L̂⌋.
 
 FP (function-preserving): the grown model computes the small one's logits, to float rounding. A block whose
 output projections are 0 is the identity, x + f_out(0) = x, only where the norm is not on the residual stream
@@ -42,9 +46,19 @@ def cycle_map(num_layers: int, g: int) -> list[int]:
   return list(range(num_layers)) * g
 
 
-def interleave_map(num_layers: int, g: int) -> list[int]:
-  """Each layer repeated g times in place: [0,0,1,1,...] (LiGO's interpolation, Apollo's `extend`, prts G_zero)."""
-  return [i // g for i in range(g * num_layers)]
+def interleave_map(num_layers: int, g) -> list[int]:
+  """Each layer repeated g times in place: [0,0,1,1,...] (LiGO's interpolation, Apollo's `extend`, prts G_zero's
+  ⌊i/(L̂/L)⌋, which for a non-integer g repeats some layers once more than others)."""
+  L2 = round(g * num_layers)
+  return [i * num_layers // L2 for i in range(L2)]
+
+
+def top_fill_map(num_layers: int, target: int) -> list[int]:
+  """The stack repeated ⌊L̂/L⌋ times, then the top L̂ mod L layers: bert2BERT's depth growth (Chen et al., ACL
+  2022) and MSG's default new-block positions (github.com/cofe-ai/MSG `grow_ops_v2.py`). Equals cycle_map for
+  an integer factor."""
+  r = target % num_layers
+  return list(range(num_layers)) * (target // num_layers) + list(range(num_layers - r, num_layers))
 
 
 def _check_map(layer_map, L: int, op: str) -> list[int]:
@@ -56,12 +70,20 @@ def _check_map(layer_map, L: int, op: str) -> list[int]:
 
 
 def _layer_map(m, g, layer_map, default, op) -> list[int]:
-  """π from exactly one of g (the default map at growth factor g) or an explicit layer_map."""
+  """π from exactly one of g (the default map at growth factor g, g·L a whole number) or an explicit layer_map."""
   if (g is None) == (layer_map is None):
     raise ConfigError(f"{op}: give exactly one of g (a growth factor) or layer_map (a list of source layers)")
-  if g is not None and (int(g) != g or g < 1):
-    raise ConfigError(f"{op}: growth factor g={g} must be a positive integer")
-  return _check_map(default(m.num_layers, int(g)) if g is not None else layer_map, m.num_layers, op)
+  L = m.num_layers
+  if g is not None and (g < 1 or abs(g * L - round(g * L)) > 1e-6):
+    raise ConfigError(f"{op}: growth factor g={g} must be >= 1 with g·{L} layers a whole number (e.g. g={L + 1}/{L})")
+  if g is not None and g == int(g):
+    g = int(g)
+  return _check_map(default(L, g) if g is not None else layer_map, L, op)
+
+
+def _stack_default(num_layers: int, g) -> list[int]:
+  """cycle_map for an integer g, top_fill_map for another."""
+  return cycle_map(num_layers, g) if isinstance(g, int) else top_fill_map(num_layers, round(g * num_layers))
 
 
 def _need_identity_placement(m, op: str):
@@ -85,10 +107,10 @@ def stack(m, params, *, g: int | None = None, layer_map=None, with_index_map=Fal
   """G_stack (Du et al. 2024, prts `stackingpt.py`): layer i of the grown model is layer π(i) of the small one.
 
   π = `layer_map` (any list of source layers: interleaved, partial stacking "123-456x7", ...) or, with `g`, the
-  whole stack repeated g times. Embedding, final norm and head are kept. Not function-preserving: each copied
-  block acts again on the residual stream.
+  whole stack repeated g times (a non-integer g: `top_fill_map`). Embedding, final norm and head are kept. Not
+  function-preserving: each copied block acts again on the residual stream.
   """
-  src = _layer_map(m, g, layer_map, cycle_map, "stack")
+  src = _layer_map(m, g, layer_map, _stack_default, "stack")
   return core.transfer(m, params, core.grown_config(m, num_layers=len(src)), None, {"layers": np.array(src)},
                        with_index_map=with_index_map)
 
@@ -97,12 +119,18 @@ def g_zero(m, params, *, g: int | None = None, layer_map=None, with_index_map=Fa
   """G↑zero (Du et al. 2024, prts `G_zero_depthwise.py`): layer i <- layer π(i), every repeat starts as the identity.
 
   π defaults to ⌊i/g⌋ (each layer followed by its g-1 repeats); a repeat is any layer whose source already
-  appeared; its W_O and W_down are 0, so x + f(N(x)) = x. Function-preserving when the first appearances keep
-  the small model's order (the default map) and the placement is pre, peri or lns (lns: gains rescaled to each
-  layer's new depth). The optimizer's `copy` policy gives the zeroed projections zero moments.
+  appeared; its W_O and W_down are 0, so x + f(N(x)) = x. Function-preserving when the first appearances are the
+  small model's layers in order, 0, 1, ..., L−1 (the default map; any other map is refused: [1, 0, 0, 1] runs
+  layer 1 before layer 0, [0, 0, 0] drops layers 1 and 2) and the placement is pre, peri or lns (lns: gains
+  rescaled to each layer's new depth). Under the optimizer's `copy` and `duplicate` the zeroed projections get
+  zero moments.
   """
   _need_identity_placement(m, "g_zero")
   src = _layer_map(m, g, layer_map, interleave_map, "g_zero")
+  firsts = list(dict.fromkeys(src))
+  if firsts != list(range(m.num_layers)):
+    raise ConfigError(f"g_zero: layer_map {src} is not function-preserving: its first appearances {firsts} must be "
+                      f"the small model's layers in order, {list(range(m.num_layers))}; use stack for other maps")
   seen, repeat = set(), []
   for s in src:
     repeat.append(s in seen)
@@ -119,12 +147,13 @@ def g_learn(m, params, batches, *, g: int | None = None, layer_map=None, fit_ste
   """G↑learn (Du et al. 2024; LiGO's depth operator, Wang et al., ICLR 2023): layer i <- Σ_j w_ij · layer j.
 
   One w ∈ R^{L̂×L} per block tensor (LiGO ties it per parameter type), initialized at G_stack's map (one-hot at
-  π(i), `layer_map` or the stack repeated g times) and fitted by Adam (`fit_lr`: ours, LiGO's paper does not give
-  one) to the grown model's loss on `batches` ({"inputs", "targets"}: [fit_steps, B, T]), one step per batch,
+  π(i), `layer_map` or the stack repeated g times, `top_fill_map` for a non-integer g) and fitted by Adam
+  (`fit_lr`: ours, LiGO's paper does not give one) to the grown model's loss on `batches` ({"inputs", "targets"}:
+  [fit_steps, B, T]), one step per batch,
   as LiGO fits its operator for 100 steps before training the grown model. The loss is plain cross-entropy with
   the model's output activation. Width is not learned here. Not function-preserving; with fit_steps = 0 it is `stack`.
   """
-  src = _layer_map(m, g, layer_map, cycle_map, "g_learn")
+  src = _layer_map(m, g, layer_map, _stack_default, "g_learn")
   if batches["inputs"].shape[0] != fit_steps:
     raise ConfigError(f"g_learn: fit_steps={fit_steps} but {batches['inputs'].shape[0]} batches were given")
   new_m, _, index_map = stack(m, params, layer_map=src, with_index_map=True)
@@ -151,7 +180,12 @@ def g_learn(m, params, batches, *, g: int | None = None, layer_map=None, fit_ste
 
 
 def g_random(m, params, key: jax.Array, *, num_layers: int, with_index_map=False):
-  """G↑random (Du et al. 2024; MSG's new layers without the mask ramp): fresh layers on top. Not function-preserving."""
+  """Fresh layers on top, from the model's own initializer. Not function-preserving.
+
+  The paper's G↑random (Du et al. 2024, prts `msg.py`) is this with MSG's mask ramp: a growth event's
+  `ramp_steps` (growth/events.py) fades the new layers in, y·m + x·(1 − m), m = 0 → 1 over T steps (the official
+  code's T = 5000, `MsgConfig.grow_step`); without it the new layers act at full strength from the first step.
+  """
   if num_layers <= m.num_layers:
     raise ConfigError(f"g_random: num_layers={num_layers} must exceed the model's {m.num_layers}")
   return core.transfer(m, params, core.grown_config(m, num_layers=num_layers), key,

@@ -10,12 +10,20 @@ The policies are the papers':
 
     opt=reset           a fresh optimizer (zero moments, count 0): G_stack's code (Du et al., NeurIPS 2024, arXiv
                         2405.15319, github.com/tongxuluo/prts), LiGO (Wang et al., ICLR 2023, arXiv 2303.00980)
-    opt=copy            old moments moved with the parameters, zeros for new entries, counts kept: MSG's
-                        `transfer_states` (Yao et al. 2023, arXiv 2305.02869, github.com/cofe-ai/MSG)
+    opt=copy            old moments moved with the parameters, zeros for new entries and for copies (a stacked
+                        layer's repeats, a split unit's copies), counts kept: MSG's `transfer_states` and its new
+                        blocks' fresh state (Yao et al., ICLR 2024, arXiv 2305.02869, github.com/cofe-ai/MSG)
+    opt=duplicate       as copy, but a copy takes its source's moments too: staged training's depth growth (Shen
+                        et al., ICML 2022, github.com/allenai/staged-training)
     lr=restart_warmup   warmup again to a new peak, then the schedule over what is left: G_stack's code, LiGO,
                         the multi-level framework (Zou et al., ICLR 2024)
     lr=continue         one schedule for the whole run: Apollo (Pan et al., AAAI 2024)
     lr=rewind           the base schedule rewound to its peak at the event: MSG
+
+An event's `ramp_steps` T > 0 fades its new layers in as MSG does (its mask; prts' `msg.py` for G↑random): a new
+layer's output is y·m + x·(1 − m), x its input, m = min(1, (t − s)/T) at train step t after the event's step s, so
+m = 0 (the small model's function) on the first step after it and 1 from step s + T on. New layers are those the
+operator's layer map gives no old layer of their own: fresh ones and repeats (core.repeats).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxtrain import flops, model, optim
 from jaxtrain.config import ConfigError
@@ -36,9 +45,10 @@ OPERATORS = {"stack": depth.stack, "g_zero": depth.g_zero, "g_learn": depth.g_le
              "insert_layers": depth.insert_layers, "expand_mlp": width.expand_mlp, "split_mlp": width.split_mlp,
              "add_heads": width.add_heads, "expand_head_dim": width.expand_head_dim,
              "expand_d_model": width.expand_d_model}
-POLICIES = ("reset", "copy")  # growth.opt: the optimizer state
+POLICIES = ("reset", "copy", "duplicate")  # growth.opt: the optimizer state
 LR_POLICIES = ("restart_warmup", "continue", "rewind")  # growth.lr: the learning-rate schedule
-EVENT_FIELDS = ("step", "op", "opt", "lr", "warmup_steps", "peak_lr")  # beside the operator's own arguments
+# beside the operator's own arguments
+EVENT_FIELDS = ("step", "op", "opt", "lr", "warmup_steps", "peak_lr", "ramp_steps")
 GROWTH_KEY_SALT = 7  # event k draws its fresh entries from fold_in(fold_in(key(seed), 7), k): not init's, not rng's
 
 
@@ -84,6 +94,20 @@ def event_key(seed: int, k: int) -> jax.Array:
 # ---------------------------------------------------------------- the schedule
 
 
+class Ramp(NamedTuple):
+  """MSG's mask ramp after an event: layer ℓ's gate is m = min(1, (t − start)/steps) where new[ℓ], else 1."""
+  start: int                  # the event's step
+  steps: int                  # T
+  new: tuple                  # per layer of the grown model: whether it fades in
+
+
+def layer_gate(ramp: Ramp, step) -> jax.Array:
+  """float32[L]: each layer's gate at train step `step` (the state's step, before the update): 0 on the first step
+  after the event, as MSG's mask (its `curr_step` counts the optimizer steps since growth)."""
+  m = jnp.clip(jnp.asarray(step - ramp.start, jnp.float32) / ramp.steps, 0.0, 1.0)
+  return jnp.where(np.asarray(ramp.new, bool), m, 1.0).astype(jnp.float32)
+
+
 class Phase(NamedTuple):
   """A stretch of a run between growth events: steps start+1 .. the next phase's start train `config.model`."""
   start: int                  # the step whose end began it (0 for the first phase)
@@ -91,6 +115,7 @@ class Phase(NamedTuple):
   event: dict | None          # the event that began it, defaults filled in (None for the first phase)
   lr_schedule: Callable       # step -> peak learning rate, over the run's global steps
   peak_lr: float
+  ramp: Ramp | None = None    # the event's mask ramp (ramp_steps > 0), else None: the step has no gate
 
 
 def check(config, target=None) -> None:
@@ -118,11 +143,13 @@ def _event(config, k: int, ev) -> dict:
   unknown = sorted(set(ev) - known)
   if unknown:
     raise ConfigError(f"{where}: {ev['op']} takes {op_args(ev['op'])} (and {list(EVENT_FIELDS)}), not {unknown}")
-  out = {"opt": g.opt, "lr": g.lr, "warmup_steps": g.warmup_steps, "peak_lr": g.peak_lr, **ev}
+  out = {"opt": g.opt, "lr": g.lr, "warmup_steps": g.warmup_steps, "peak_lr": g.peak_lr, "ramp_steps": 0, **ev}
   if out["opt"] not in POLICIES:
     raise ConfigError(f"{where}: opt={out['opt']!r} is not one of {POLICIES}")
   if out["lr"] not in LR_POLICIES:
     raise ConfigError(f"{where}: lr={out['lr']!r} is not one of {LR_POLICIES}")
+  if not isinstance(out["ramp_steps"], int) or out["ramp_steps"] < 0:
+    raise ConfigError(f"{where}: ramp_steps={out['ramp_steps']!r} must be an integer >= 0 (0: no mask ramp)")
   if out["warmup_steps"] < 0:
     out["warmup_steps"] = config.optim.warmup_steps
   if not out["peak_lr"] > 0:
@@ -153,18 +180,21 @@ def _lr_schedules(config, events) -> list[tuple[Callable, float]]:
 
 
 def _grown_model(config, m, ev: dict):
-  """The model config event `ev` grows `m` into, worked out on shapes alone (jax.eval_shape): nothing allocated."""
+  """(The model config event `ev` grows `m` into, which of its layers are new (core.repeats)), worked out on shapes
+  alone (jax.eval_shape): nothing allocated."""
   args = {n: ev[n] for n in op_args(ev["op"]) if n in ev}
   grown, key = {}, jax.random.key(0)  # concrete, outside the trace: split_mlp draws its unit map from it
 
   def shape_only(params, batches):
-    grown["m"], new_params = apply(m, params, ev["op"], args, key, batches)
+    grown["m"], new_params, grown["map"] = apply(m, params, ev["op"], args, key, batches, with_index_map=True)
     return new_params
 
   B, T = config.train.global_batch, config.data.seq_len
   batches = {k: jax.ShapeDtypeStruct((learn_steps(ev), B, T), jnp.int32) for k in ("inputs", "targets")}
   jax.eval_shape(shape_only, jax.eval_shape(lambda: model.init(m, jax.random.key(0))), batches)
-  return grown["m"]
+  is_map = lambda x: isinstance(x, core.AxisMap)
+  layer_maps = [a.idx[0] for a in jax.tree.leaves(grown["map"]["blocks"], is_leaf=is_map)]  # axis 0: layers
+  return grown["m"], tuple(bool(x) for x in np.any([core.repeats(i) for i in layer_maps], axis=0))
 
 
 def plan(config) -> list[Phase]:
@@ -178,16 +208,26 @@ def plan(config) -> list[Phase]:
   for a, b in zip(events, events[1:]):
     if b["step"] <= a["step"]:
       raise ConfigError(f"growth.events: step {b['step']} follows step {a['step']}: list events in increasing steps")
+  for k, (a, b) in enumerate(zip(events, events[1:]), 1):
+    if a["ramp_steps"] and b["step"] < a["step"] + a["ramp_steps"]:
+      raise ConfigError(f"growth.events[{k}] at step {b['step']} falls inside event {k - 1}'s mask ramp (steps "
+                        f"{a['step']}-{a['step'] + a['ramp_steps']}): grow after the ramp ends or shorten ramp_steps")
   schedules = _lr_schedules(config, events)
   phases = [Phase(0, config, None, *schedules[0])]
   for k, ev in enumerate(events, 1):
     try:
-      grown = _grown_model(config, phases[-1].config.model, ev)
+      grown, new_layers = _grown_model(config, phases[-1].config.model, ev)
     except (ConfigError, TypeError) as e:
       raise ConfigError(f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']}): {e}") from None
+    ramp = None
+    if ev["ramp_steps"]:
+      if not any(new_layers):
+        raise ConfigError(f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']}): ramp_steps fades in new "
+                          f"layers and {ev['op']} adds none (width masks are not implemented): drop ramp_steps")
+      ramp = Ramp(ev["step"], ev["ramp_steps"], new_layers)
     c = ml_collections.ConfigDict(config.to_dict())
     c.model = grown
-    phases.append(Phase(ev["step"], c, ev, *schedules[k]))
+    phases.append(Phase(ev["step"], c, ev, *schedules[k], ramp))
   return phases
 
 
@@ -213,14 +253,23 @@ def phase_at(phases: list[Phase], step: int) -> int:
 def grow_opt_state(policy: str, old_opt_state, new_params_abstract, index_map):
   """The optimizer state for the grown parameters, the optax tree kept (adamw's mu and nu, lion's mu, ...).
 
-  reset: a fresh state (zero moments, count 0), as G_stack's code, LiGO and the multi-level framework do;
-         equal to `tx.init(new_params)` for jaxtrain's optimizers.
-  copy:  every moment moved by the parameters' index map (MSG's `transfer_states`): old values in the old slice,
-         0 for new entries, counts kept. Moments are copied, not rescaled with the parameters.
-  Every subtree of the state shaped like the parameters is a moment; other leaves are counts.
+  reset:     a fresh state (zero moments, count 0), as G_stack's code, LiGO and the multi-level framework do;
+             equal to `tx.init(new_params)` for jaxtrain's optimizers.
+  copy:      MSG (`transfer_states`, new blocks in new param groups): every old entry's moments moved with it,
+             0 for new entries and for copies (a stacked layer's repeats, a split unit's copies: core.repeats),
+             counts kept. MSG's PyTorch AdamW keeps a count per parameter, so its new blocks also restart their
+             bias correction at 0; optax's one shared count cannot, so (with the count past ~100 steps) their k-th
+             update is (1 − β1^k)/√(1 − β2^k) times MSG's: 0.447 at k = 1, 1.10 at k = 20, ≈ 1 from k ≈ 100 (β =
+             (0.9, 0.95)).
+  duplicate: as copy, but a copy takes its source's moments too (staged training's depth growth, Shen et al. 2022):
+             the moments follow the values' index map exactly.
+  Moments are moved, not rescaled with the parameters. Every subtree of the state shaped like the parameters is a
+  moment; other leaves are counts.
   """
   if policy not in POLICIES:
     raise ConfigError(f"optimizer growth policy {policy!r} is not one of {POLICIES}")
+  if policy == "copy":
+    index_map = core.without_copies(index_map)
   is_map = lambda x: isinstance(x, core.AxisMap)
   structure = jax.tree.structure(index_map, is_leaf=is_map)
   is_moment = lambda x: isinstance(x, dict) and jax.tree.structure(x) == structure

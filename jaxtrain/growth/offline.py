@@ -31,9 +31,11 @@ arXiv 2405.15319; github.com/tongxuluo/prts), on the device mesh, with the opera
   twice) and the target's schedule from that step; it needs the target's data setup to be the source's (the
   checkpoint's data fingerprint) and train.steps past the step. For prts' recipe exactly (a new warmup and
   schedule, the data continued), grow mid-run: config growth.events with lr=restart_warmup (growth/events.py).
-- The optimizer: `--opt reset` (default; a fresh optimizer of the target's config: G_stack's code, LiGO) or
-  `--opt copy` (MSG, Yao et al. 2023: the old moments moved with the parameters, zeros for new entries, the
-  counts kept; needs the source's optimizer kind). growth.grow_opt_state.
+- The optimizer: `--opt reset` (default; a fresh optimizer of the target's config: G_stack's code, LiGO),
+  `--opt copy` (MSG, Yao et al. 2024: the old moments moved with the parameters, zeros for new entries and for
+  copies such as a stacked layer's repeats, the counts kept) or `--opt duplicate` (as copy, but copies take their
+  source's moments: staged training's depth growth, Shen et al. 2022); copy and duplicate need the source's
+  optimizer kind. growth.grow_opt_state.
 - The transform runs on the target's mesh over all devices: the source state restored sharded onto it, one
   jitted function from the source state's shardings to the target's, so no host holds the whole model.
 
@@ -79,7 +81,7 @@ from jaxtrain import step as step_lib
 from jaxtrain.config import ConfigError
 
 USAGE = ("python -m jaxtrain.grow --from=SOURCE_WORKDIR --to=CONFIG[:ARG] --op=OP[,OP...] --workdir=DIR\n"
-         "       [--arg NAME=VALUE ...] [--opt reset|copy] [--keep_step] [--seed N] [--no_eval]\n"
+         "       [--arg NAME=VALUE ...] [--opt reset|copy|duplicate] [--keep_step] [--seed N] [--no_eval]\n"
          "       [--config.<field>=<value> ...] [--distributed ...] [--cpu_devices=N] [--flagfile=FILE]")
 
 # Which operators change which model field: the hint when the grown model misses the target there.
@@ -143,10 +145,7 @@ def infer_args(op: str, m, target, given: dict) -> dict:
     if T <= L:
       raise ConfigError(f"{op}: the target has {T} layers and the model {L}: growth adds layers; set the target's "
                         f"model.num_layers above {L}, or drop {op}")
-    if T % L:
-      raise ConfigError(f"{op}: the target's {T} layers are not a multiple of the model's {L}: give the layers "
-                        f"explicitly, --arg layer_map=[...] ({T} indices in [0, {L}))")
-    out["g"] = T // L
+    out["g"] = T // L if T % L == 0 else T / L  # not a multiple: bert2BERT's / MSG's top fill (growth.top_fill_map)
   elif op == "g_random":
     out.setdefault("num_layers", target.num_layers)
   elif op == "insert_layers" and "at" not in out:
@@ -317,7 +316,7 @@ def transform(state, batches, *, chain, m, step: int, keys, opt: str, tx, abstra
   _, params, index_map = growth.apply_chain(m, state["params"], chain, keys, stacked)
   params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, abstract_state["params"])
   opt_state = (tx.init(params) if opt == "reset"
-               else growth.grow_opt_state("copy", state["opt_state"], params, index_map))
+               else growth.grow_opt_state(opt, state["opt_state"], params, index_map))
   new = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state, "rng": state["rng"]}
   if fp8 is not None:
     new["fp8"] = fp8
@@ -346,9 +345,8 @@ class Job:
     self.resolve(steps.at(self.newest)[0])  # the ops checked against the target before anything is built
     self.loader = data.TrainData(target_config.data, seq_len=target_config.data.seq_len,
                                  global_batch=target_config.train.global_batch, seed=target_config.seed)
-    self.fingerprint = self.loader.fingerprint()
-    if steps.keep_step:
-      check_keep_step(src, self.fingerprint)
+    if steps.keep_step:  # a mixture's fingerprint depends on the step (the rows each source has given)
+      check_keep_step(src, self.loader.fingerprint(self.newest))
     self.mesh = sharding.make_mesh(mesh_shape, devices)
     self.mesh_shape = mesh_shape
     hosts.open_collectives(self.mesh)
@@ -421,7 +419,7 @@ class Job:
     if self.opt == "reset":
       raise ConfigError(f"the grown train state does not fit the target's ({what})")
     source_opt, target_opt = self.src.phases[sp].config.optim.name, self.target_config.optim.name
-    raise ConfigError(f"--opt=copy moves the source's optimizer state (optim.name={source_opt}), which does not fit "
+    raise ConfigError(f"--opt={self.opt} moves the source's optimizer state (optim.name={source_opt}), which does not fit "
                       f"the target's (optim.name={target_opt}; {what}): use --opt=reset, or the source's optimizer "
                       "settings")
 
@@ -460,7 +458,7 @@ def write(job: Job, workdir, step: int, state, summary: dict) -> str:
     paths.makedirs(workdir)
   out = checkpoint.Checkpointer(workdir / "checkpoints", keep=job.target_config.train.keep_checkpoints)
   try:
-    out.save(step, state, job.fingerprint, json.loads(job.out_phase.config.to_json_best_effort()))
+    out.save(step, state, job.loader.fingerprint(step), json.loads(job.out_phase.config.to_json_best_effort()))
     out.wait()
   finally:
     out.close()
@@ -538,8 +536,9 @@ def parser() -> argparse.ArgumentParser:
                  help="an operator argument, a Python literal (g=4, at=[0,3], layer_map=[0,0,1,1]); the ones "
                       "not given are inferred from the target's model")
   p.add_argument("--opt", default="reset", choices=growth.POLICIES,
-                 help="the optimizer state: reset (a fresh one, default: G_stack's code) or copy (MSG: moments "
-                      "moved with the parameters, counts kept)")
+                 help="the optimizer state: reset (a fresh one, default: G_stack's code), copy (MSG: moments "
+                      "moved with the parameters, zero for new entries and copies, counts kept) or duplicate (as "
+                      "copy, copies taking their source's moments: staged training)")
   p.add_argument("--keep_step", action="store_true",
                  help="keep the source's step (continue its data stream and the schedule there) instead of step 0")
   p.add_argument("--seed", type=int, help="the PRNG seed of fresh entries (default: the target's config.seed)")

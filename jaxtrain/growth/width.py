@@ -12,7 +12,7 @@ G→direct in Du et al. 2024):
                          old W_K ×√(K̂/K) for the softmax's 1/√K                                  FP iff K̂ = c·K (RoPE)
     expand_d_model   #5  D -> D̂: new embedding, W_O, W_down columns 0, norm gains ×√(D/D̂),
                          norm eps ×D/D̂                                                          FP (RMSNorm)
-    split_mlp        Net2WiderNet: new MLP units copy random old ones; W_down rows / copies      FP
+    split_mlp        Net2WiderNet: new MLP units copy random old ones; W_down rows / copies      FP (noise=0)
 
 FP: the grown model computes the same logits as the small one, to float rounding. Each operator says for which
 placements and options (jaxtrain/placement.py) it is exact, and refuses with a ConfigError where it would not be.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain import config as cfg_lib
@@ -45,12 +46,19 @@ def expand_mlp(m, params, key: jax.Array, *, mlp_dim: int, with_index_map=False)
                        zero=core.blocks_paths(m, "down"), with_index_map=with_index_map)
 
 
-def split_mlp(m, params, key: jax.Array, *, mlp_dim: int, with_index_map=False):
+def split_mlp(m, params, key: jax.Array, *, mlp_dim: int, noise: float = 0.0, with_index_map=False):
   """Net2WiderNet / bert2BERT's FPI in the MLP: unit j <- unit γ(j), γ(j) = j for old units, uniform else.
 
   Copies compute the same activation, so dividing each old unit's W_down row by its number of copies c_j,
-  Ŵ_down[j] = W_down[γ(j)] / c_γ(j), keeps the sum: exact for every placement. With `copy`, the optimizer gives
-  the new units zero moments.
+  Ŵ_down[j] = W_down[γ(j)] / c_γ(j), keeps the sum: exact for every placement. With the optimizer's `copy`, the
+  new units get zero moments (MSG); with `duplicate`, their source's.
+
+  A copy and its source then get the same gradient (same activation, same W_down row) and, under a fresh
+  optimizer, stay identical forever. `noise` > 0 breaks the symmetry as Net2Net suggests (Chen, Goodfellow &
+  Shlens, ICLR 2016: a little noise on the new units): each copy's W_in column gains N(0, (noise·σ)²) entries,
+  σ the layer's W_in standard deviation, so the function moves by O(noise) (not exact) and the copies diverge
+  under training. bert2BERT's AKI (Chen et al., ACL 2022: the new units' weights from the next layer) is not
+  implemented.
   """
   F = cfg_lib.mlp_dim(m)
   if mlp_dim <= F:
@@ -60,10 +68,21 @@ def split_mlp(m, params, key: jax.Array, *, mlp_dim: int, with_index_map=False):
   counts = np.bincount(gamma, minlength=F)
   down = core.blocks_paths(m, "down")
   per_unit = (1.0 / counts[gamma]).astype(np.float32)[None, :, None]  # [1, F̂, 1]
-  return core.transfer(m, params, core.grown_config(m, mlp_dim=mlp_dim), None, {"mlp": gamma},
-                       scale={p: per_unit for p in down},
-                       moment_maps={p: {"mlp": core.pad(F, mlp_dim)} for p in core.blocks_paths(m, "wi", "down")},
-                       with_index_map=with_index_map)
+  if noise < 0:
+    raise ConfigError(f"split_mlp: noise={noise} must be >= 0 (a relative standard deviation)")
+  out = core.transfer(m, params, core.grown_config(m, mlp_dim=mlp_dim), None, {"mlp": gamma},
+                      scale={p: per_unit for p in down}, with_index_map=with_index_map)
+  if not noise:
+    return out
+  new_params = out[1]
+  wi_LDCF = new_params["blocks"]["mlp"]["wi"]["w"]
+  sigma_L = jnp.std(params["blocks"]["mlp"]["wi"]["w"].astype(jnp.float32), axis=(1, 2, 3), keepdims=True)
+  draw = jax.random.normal(jax.random.fold_in(key, 1), wi_LDCF.shape, jnp.float32)
+  copies = np.arange(mlp_dim) >= F  # the new units (the old ones keep their weights)
+  wi_LDCF = (wi_LDCF + jnp.where(copies, noise * sigma_L * draw, 0.0)).astype(wi_LDCF.dtype)
+  new_params = {**new_params, "blocks": {**new_params["blocks"], "mlp": {
+      **new_params["blocks"]["mlp"], "wi": {**new_params["blocks"]["mlp"]["wi"], "w": wi_LDCF}}}}
+  return (out[0], new_params, *out[2:])
 
 
 def add_heads(m, params, key: jax.Array, *, num_heads: int, num_kv_heads: int | None = None, with_index_map=False):
