@@ -270,6 +270,22 @@ def parse_tool_args(tool_parser: argparse.ArgumentParser, argv: list[str]):
     raise cfg_lib.ConfigError(str(e)) from None
 
 
+def run_tool(name: str, tool_parser: argparse.ArgumentParser, argv: list[str] | None, act):
+  """(flags, act(flags)) of a tool over a run's own config (export, evaluate), or None after printing its one-line
+  error: no `--config.x=y` flags, and a bad input (config, data, checkpoint) is one line on stderr."""
+  from jaxtrain import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as cfg_lib  # pylint: disable=g-import-not-at-top
+  setup_logging()
+  try:
+    args, overrides = parse_tool_args(tool_parser, sys.argv[1:] if argv is None else list(argv))
+    if overrides:
+      raise cfg_lib.ConfigError(f"--config.{overrides[0]}: {name} takes the run's own config; it has no --config flags")
+    return args, act(args)
+  except (cfg_lib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+    print(f"jaxtrain.{name}: error: {e}", file=sys.stderr)
+    return None
+
+
 def parse(argv: list[str]):
   """(config, workdir) from command-line arguments; errors raise ConfigError (UsageError is one).
 

@@ -73,16 +73,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   """The CLI: 0 with the scores printed, 2 for a command that cannot run (one line)."""
-  from jaxtrain import __main__ as cli, checkpoint, data  # pylint: disable=g-import-not-at-top
-  cli.setup_logging()
-  try:
-    args, overrides = cli.parse_tool_args(parser(), sys.argv[1:] if argv is None else list(argv))
-    if overrides:
-      raise ConfigError(f"--config.{overrides[0]}: evaluate takes the run's own config; it has no --config flags")
-    out = evaluate(args.workdir, args.tasks, args.step, args.batch_size, args.max_length)
-  except (ConfigError, data.DataError, checkpoint.CheckpointError) as e:
-    print(f"jaxtrain.evaluate: error: {e}", file=sys.stderr)
+  from jaxtrain import __main__ as cli  # pylint: disable=g-import-not-at-top
+  done = cli.run_tool("evaluate", parser(), argv, lambda a: evaluate(a.workdir, a.tasks, a.step, a.batch_size,
+                                                                      a.max_length))
+  if done is None:
     return 2
+  args, out = done
   print(f"{out['workdir']} step {out['step']} (window {out['max_length']} tokens)")
   for task, values in out["tasks"].items():
     print(f"  {task}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

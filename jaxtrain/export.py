@@ -121,16 +121,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   """The CLI: 0 when the model directory is written, 2 for a command that cannot run (one line)."""
-  from jaxtrain import __main__ as cli, checkpoint, data  # pylint: disable=g-import-not-at-top
-  cli.setup_logging()
-  try:
-    args, overrides = cli.parse_tool_args(parser(), sys.argv[1:] if argv is None else list(argv))
-    if overrides:
-      raise ConfigError(f"--config.{overrides[0]}: export takes the run's own config; it has no --config flags")
-    s = export(args.workdir, args.out, args.step, args.dtype, args.overwrite)
-  except (ConfigError, data.DataError, checkpoint.CheckpointError) as e:
-    print(f"jaxtrain.export: error: {e}", file=sys.stderr)
+  from jaxtrain import __main__ as cli  # pylint: disable=g-import-not-at-top
+  done = cli.run_tool("export", parser(), argv, lambda a: export(a.workdir, a.out, a.step, a.dtype, a.overwrite))
+  if done is None:
     return 2
+  _, s = done
   print(f"exported {s['workdir']} step {s['step']} ({s['parameters'] / 1e6:.2f}M parameters) as "
         f"{s['architecture']} ({s['dtype']}) into {s['out']}")
   print(f"load it with:  transformers.AutoModelForCausalLM.from_pretrained({s['out']!r})")

@@ -178,3 +178,11 @@ def test_bad_settings_are_one_line(tiny, override, match):
   with pytest.raises(cfg_lib.ConfigError, match=match) as e:
     preflight.validate(c, num_devices=8)
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("scheme,mask", [("concat", False), ("concat", True), ("pad", False), ("pad", True)])
+def test_batch_dtypes_name_the_batch_the_loader_makes(tmp_path, scheme, mask):
+  """What the ahead-of-time compile lowers the step for (python -m jaxtrain.compile) is what training feeds it."""
+  c = cfg(tmp_path, packing=scheme, document_mask=mask)
+  b = data.TrainData(c, seq_len=32, global_batch=8, seed=0).batch(0)
+  assert {k: str(v.dtype) for k, v in b.items()} == packing.batch_dtypes(c)
