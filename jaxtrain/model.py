@@ -309,8 +309,8 @@ class Transformer(nnx.Module):
     if not m.tie_embeddings:
       self.head = Linear("btd,dv->btv", (D, V), ("embed", "vocab"), std=m.init_std, m=m, rngs=rngs, role="head")
 
-  def __call__(self, tokens_BT, side=None, *, segment_ids_BT=None):
-    return self.logits(self.hidden(tokens_BT, side=side, segment_ids_BT=segment_ids_BT))
+  def __call__(self, tokens_BT, side=None, *, segment_ids_BT=None, gate=None):
+    return self.logits(self.hidden(tokens_BT, side=side, segment_ids_BT=segment_ids_BT, gate=gate))
 
   def hidden(self, tokens_BT, *, skip=None, gate=None, collect=False, keep_states=False, side=None,
              segment_ids_BT=None, cache=None):

@@ -85,11 +85,8 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
     if diagnostics:
       x_BTD, layer_stats = model_.hidden(batch["inputs"], gate=gate, collect=True, side=side, segment_ids_BT=seg)
       logits_BTV = model_.logits(x_BTD)
-    elif gate is not None:
-      logits_BTV = model_.logits(model_.hidden(batch["inputs"], gate=gate, side=side, segment_ids_BT=seg))
-      layer_stats = {}
     else:
-      logits_BTV, layer_stats = model_(batch["inputs"], side=side, segment_ids_BT=seg), {}
+      logits_BTV, layer_stats = model_(batch["inputs"], side=side, segment_ids_BT=seg, gate=gate), {}
     loss, aux = _loss(config, logits_BTV, batch, collapse_stats=collapse_stats)
     return loss, aux | {f"layers/{k}": v for k, v in layer_stats.items()}
 
@@ -168,11 +165,8 @@ def make_eval_step(config, graphdef, ramp=None):
   def sums(params, batch, step=None):
     model_ = nnx.merge(graphdef, params)
     seg = _segments(config, batch)
-    if ramp is None:
-      logits_BTV = model_(batch["inputs"], segment_ids_BT=seg)
-    else:
-      logits_BTV = model_.logits(model_.hidden(batch["inputs"], gate=growth.layer_gate(ramp, step),
-                                               segment_ids_BT=seg))
+    gate = None if ramp is None else growth.layer_gate(ramp, step)
+    logits_BTV = model_(batch["inputs"], segment_ids_BT=seg, gate=gate)
     _, aux = _loss(config, logits_BTV, batch)
     return aux["ce_sum"], aux["tokens"]
 
