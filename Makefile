@@ -30,6 +30,10 @@ train: setup
 $(GPU_AOT)/.installed: $(VENV)/.installed
 	v=$$($(PY) -c "import jax; print(jax.__version__)") && \
 	  $(PY) -m pip install --quiet --no-deps --target $(GPU_AOT) "jax-cuda12-plugin==$$v" "jax-cuda12-pjrt==$$v"
+	# cuDNN (the plugin's pin): XLA compiles its fused attention only with the library loadable (~700 MB wheel)
+	pin=$$($(PY) -c "import sys; sys.path.insert(0, '$(GPU_AOT)'); from importlib.metadata import requires as r; \
+	  print(next(x.split(';')[0].strip() for x in r('jax-cuda12-plugin') if x.startswith('nvidia-cudnn')))") && \
+	  $(PY) -m pip install --quiet --no-deps --target $(GPU_AOT) "$$pin"
 	touch $@
 
 $(TPU_AOT)/.installed: $(VENV)/.installed

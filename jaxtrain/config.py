@@ -110,8 +110,8 @@ def base() -> ml_collections.ConfigDict:
       num_workers=0,
       packing="concat",        # concat (documents joined by eos, cut every seq_len: no padding) | pad (whole
                                # documents per row, padded); jaxtrain/data/packing.py
-      document_mask=False,     # rows carry segment_ids and loss weights: attention, RoPE and the loss stay inside
-                               # each document (off: the batch is {'inputs', 'targets'} as before)
+      document_mask=True,      # rows carry segment_ids and loss weights: attention, RoPE and the loss stay inside
+                               # each document (false: causal rows, the batch is {inputs, targets})
       mixture={},              # weighted sources, {name: {any source field of data (name, text_glob, ...), weight}};
                                # weight: a number or ((step, w), ...) piecewise-linear; jaxtrain/data/mixture.py
       mixture_block_size=2048, # mixture rows per block of fixed per-source counts (Levanter's), in whole batches

@@ -69,7 +69,9 @@ def read_pretrained(source: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def check_tokenizer(source: str, data_cfg, vocab_size: int) -> None:
-  """ConfigError if the config's tokenizer does not fit the model's vocabulary or differs from `source`'s."""
+  """ConfigError if the config's tokenizer does not fit the model's vocabulary or differs from `source`'s: a
+  SentencePiece tokenizer.model byte for byte, a tokenizer.json by its model (type, vocabulary and merges) and
+  added tokens, the config's converted as export would write it."""
   from jaxtrain import data  # pylint: disable=g-import-not-at-top
   tok = data.make_tokenizer(data_cfg)
   spec = data_cfg.tokenizer
@@ -77,30 +79,26 @@ def check_tokenizer(source: str, data_cfg, vocab_size: int) -> None:
     raise ConfigError(f"the config's tokenizer ({spec}) has {tok.vocab_size} tokens, the model in {source} "
                       f"{vocab_size}: set --config.data.tokenizer to the model's own tokenizer")
   tok_json, tok_model = os.path.join(source, "tokenizer.json"), os.path.join(source, "tokenizer.model")
+  own = tok_model if os.path.isfile(tok_model) else tok_json if os.path.isfile(tok_json) else None
+  fix = f"set --config.data.tokenizer={own}"
   if spec == "byte":
-    if os.path.isfile(tok_json):
-      with open(tok_json) as f:
-        if hf.is_byte_tokenizer_json(f.read()):
-          return
-    elif not os.path.isfile(tok_model):
+    if own is None:
       log.warning("%s has no tokenizer: the byte tokenizer is assumed to be the model's", source)
-      return
-    raise ConfigError(f"the model in {source} has a tokenizer of its own, not jaxtrain's byte tokenizer: set "
-                      f"--config.data.tokenizer to its SentencePiece .model (and model.vocab_size follows the model)")
-  if os.path.isfile(tok_model):
+    elif own == tok_model or not hf.is_byte_tokenizer_json(open(tok_json, encoding="utf-8").read()):
+      raise ConfigError(f"the model in {source} has a tokenizer of its own, not jaxtrain's byte tokenizer: {fix} "
+                        "(and model.vocab_size follows the model)")
+  elif own == tok_model:
     with open(tok_model, "rb") as f, open(os.path.expanduser(spec), "rb") as g:
       if f.read() != g.read():
-        raise ConfigError(f"{tok_model} differs from the config's data.tokenizer={spec}: set "
-                          f"--config.data.tokenizer={tok_model}")
-  elif os.path.isfile(tok_json):  # compare the vocabularies: the config's model converted as export would
-    with open(tok_json) as f:
-      theirs = json.load(f).get("model", {}).get("vocab")
-    ours = json.loads(hf.tokenizer_files(spec, 0)["tokenizer.json"])["model"]["vocab"]
-    if theirs != ours:
-      raise ConfigError(f"the vocabulary of {tok_json} is not that of the config's data.tokenizer={spec}: set "
-                        "--config.data.tokenizer to the model's own SentencePiece .model")
+        raise ConfigError(f"{tok_model} differs from the config's data.tokenizer={spec}: {fix}")
+  elif own == tok_json:
+    key = lambda t: (t.get("model", {}), [a.get("content") for a in t.get("added_tokens") or []])
+    with open(tok_json, encoding="utf-8") as f:
+      theirs = key(json.load(f))
+    if theirs != key(json.loads(hf.tokenizer_files(spec, 0)["tokenizer.json"])):
+      raise ConfigError(f"the vocabulary of {tok_json} is not that of the config's data.tokenizer={spec}: {fix}")
   else:
-    log.warning("%s has no tokenizer.model to compare with data.tokenizer=%s: assumed the same", source, spec)
+    log.warning("%s has no tokenizer to compare with data.tokenizer=%s: assumed the same", source, spec)
 
 
 def derive_config(config, fields: dict):

@@ -120,7 +120,7 @@ def test_splash_with_segment_ids_in_pallas_interpret_mode():
 
 
 _CUDNN_CHILD = r'''
-import json, sys
+import json, re
 from jaxtrain import compile as aot
 aot.use_compiler("gpu")
 import jax, jax.numpy as jnp
@@ -128,14 +128,13 @@ from jaxtrain import attention
 device = aot.topology_devices(aot.parse_topology("h100:1"))[0]
 B, T, H, G, K = 2, 256, 4, 2, 64
 bf16 = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
-seg = jax.ShapeDtypeStruct((B, T), jnp.int32)
-def loss(q, k, v, s):
-  return attention.causal(q, k, v, "cudnn", s)[0].astype(jnp.float32).sum()
 sh = jax.sharding.SingleDeviceSharding(device)
-lowered = jax.jit(jax.grad(loss, (0, 1, 2)), in_shardings=sh).lower(bf16(B, T, H, K), bf16(B, T, G, K),
-                                                                    bf16(B, T, G, K), seg)
-text = lowered.compile().as_text()
-print("RESULT " + json.dumps({"fmha": text.count("__cudnn$fmha"), "bias": "Bias" in text or "bias" in text}))
+def targets(*seg):
+  loss = lambda q, k, v, *s: attention.causal(q, k, v, "cudnn", *s)[0].astype(jnp.float32).sum()
+  text = jax.jit(jax.grad(loss, (0, 1, 2)), in_shardings=sh).lower(
+      bf16(B, T, H, K), bf16(B, T, G, K), bf16(B, T, G, K), *seg).compile().as_text()
+  return sorted(set(re.findall(r'custom_call_target="(__cudnn[^"]+)"', text)))
+print("RESULT " + json.dumps({"causal": targets(), "packed": targets(jax.ShapeDtypeStruct((B, T), jnp.int32))}))
 '''
 
 
@@ -147,11 +146,14 @@ def test_cudnn_with_segment_ids_compiles_for_an_h100():
                        cwd=REPO)
   if run.returncode != 0 and "needs jax-cuda12-plugin" in run.stderr:
     (pytest.fail if "JAXTRAIN_GPU_AOT" in os.environ else pytest.skip)(run.stderr.strip().splitlines()[-1])
-  if run.returncode != 0 and "cuDNN not found" in run.stderr:  # `make aot` installs no cuDNN (a GPU-sized wheel)
-    pytest.skip("cuDNN attention compiles only with nvidia-cudnn-cu12 beside the CUDA plugin")
+  if run.returncode != 0 and "cuDNN not found" in run.stderr:  # `make aot` installs it; a bare plugin has none
+    (pytest.fail if "JAXTRAIN_GPU_AOT" in os.environ else pytest.skip)(
+        "cuDNN attention compiles only with nvidia-cudnn-cu12 beside the CUDA plugin (`make aot` installs both)")
   assert run.returncode == 0, run.stderr[-3000:]
   out = json.loads(next(l for l in run.stdout.splitlines() if l.startswith("RESULT "))[7:])
-  assert out["fmha"] >= 2 and out["bias"], out  # the forward and backward fused kernels, with the mask as bias
+  # Forward and backward fused kernels; the documents reach them as the bias, the causal model has none.
+  assert out["causal"] == ["__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"], out
+  assert out["packed"] == ["__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward"], out
 
 
 def test_cudnn_path_masks_as_xla_does():

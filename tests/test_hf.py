@@ -8,6 +8,7 @@ direction and layout, GQA's head grouping, SwiGLU's gate/up order, Gemma's norms
 import json
 import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -275,6 +276,23 @@ def test_import_refuses_a_tokenizer_that_is_not_the_models(data_dir, tmp_path):
   import_hf.check_tokenizer(sp_out, tiny_config(data_dir, **{"data.tokenizer": str(tmp_path / "sp.model")}).data,
                             500)  # its own tokenizer: accepted
   assert not os.path.exists(tmp_path / "ft")
+
+
+def test_import_checks_a_tokenizer_json_model_against_the_config(data_dir, tmp_path):
+  """A model whose tokenizer is a tokenizer.json (GPT-2 style): its own is accepted; bytes or another BPE of the
+  same size are refused in one line that names the model's tokenizer.json."""
+  from test_tokenizers import TEXTS, bpe_json  # pylint: disable=import-outside-toplevel
+  ours = bpe_json(tmp_path / "ours.json")
+  other = bpe_json(tmp_path / "other.json", texts=[t[::-1] for t in TEXTS] * 20)  # the same size, other merges
+  c, params = random_model(data_dir, {"model.vocab_size": 320})
+  out = str(tmp_path / "hf_bpe")
+  export.write_pretrained(out, c.model, params, tokenizer=ours)
+  want = f"set --config.data.tokenizer={os.path.join(out, 'tokenizer.json')}"
+  with pytest.raises(ConfigError, match="a tokenizer of its own, not jaxtrain's byte tokenizer: " + re.escape(want)):
+    import_hf.check_tokenizer(out, tiny_config(data_dir).data, 320)
+  with pytest.raises(ConfigError, match="is not that of the config's data.tokenizer=.*other.json: " + re.escape(want)):
+    import_hf.check_tokenizer(out, tiny_config(data_dir, **{"data.tokenizer": other}).data, 320)
+  import_hf.check_tokenizer(out, tiny_config(data_dir, **{"data.tokenizer": ours}).data, 320)  # its own
 
 
 def test_a_run_on_files_with_a_tokenizer_json_keeps_and_exports_its_tokenizer(data_dir, tmp_path):

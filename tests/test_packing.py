@@ -135,7 +135,8 @@ def test_pad_rows_whole_documents_and_efficiency(tmp_path):
 
 
 def test_document_mask_off_keeps_the_batch_as_it_was(tmp_path):
-  """The default: exactly {'inputs', 'targets'}, the same arrays, the same fingerprint keys as before packing."""
+  """Off: exactly {'inputs', 'targets'}, the same arrays, the same fingerprint keys as before packing. On is the
+  schema's default for packed text (as MaxText's packing with segment ids)."""
   c = cfg(tmp_path)
   td = data.TrainData(c, seq_len=32, global_batch=8, seed=0)
   b = td.batch(3)
@@ -144,7 +145,7 @@ def test_document_mask_off_keeps_the_batch_as_it_was(tmp_path):
   np.testing.assert_array_equal(b["inputs"], on["inputs"])  # the mask adds keys, never changes rows
   assert set(td.fingerprint()) == {"name", "split", "tokenizer", "seq_len", "seed", "global_batch", "cache"}
   assert td.log_fields(10, 0) == {}
-  assert cfg_lib.base().data.document_mask is False and cfg_lib.base().data.packing == "concat"
+  assert cfg_lib.base().data.document_mask is True and cfg_lib.base().data.packing == "concat"
 
 
 def test_sharded_batches_carry_the_same_boundaries(tmp_path):

@@ -43,6 +43,7 @@ def get_config(arg=None):
     raise ConfigError(f"the argument is the width d_model, a multiple of {HEAD_DIM} (e.g. config.py:128), not {arg!r}")
   d = int(arg or 64)
   c = base()
+  c.data.document_mask = False  # measured on causal packed rows (before masking was the default)
   c.model.update(d_model=d, num_heads=d // HEAD_DIM, num_layers=2, mlp="gelu",
                  tie_embeddings=False, qk_norm=False, depth_scaled_init=False, init_std=d ** -0.5,
                  max_seq_len=64)

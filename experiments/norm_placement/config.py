@@ -25,6 +25,7 @@ def get_config(arg="pre"):
   if size not in SIZES:
     raise ConfigError(f"unknown size {size!r}: use '<placement>', '<placement>,small' or '<placement>,gpu'")
   c = base()
+  c.data.document_mask = False  # measured on causal packed rows (before masking was the default)
   c.model.norm.placement = placement
   c.model.depth_scaled_init = False
   c.model.update(num_layers=12, d_model=128, num_heads=4, mlp_dim=384, max_seq_len=128)
