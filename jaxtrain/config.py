@@ -183,9 +183,11 @@ def base() -> ml_collections.ConfigDict:
   c.growth = dict(             # growing the model mid-run (jaxtrain/growth/); model is the model before any event
       events=(),               # ({"step": 1500, "op": "stack", "g": 4}, ...): at the end of `step`, apply `op` with
                                # its arguments; an event may also set opt, lr, warmup_steps, peak_lr for itself,
-                               # and ramp_steps (T > 0: its new layers fade in over T steps, MSG's mask)
+                               # and ramp_steps (T > 0: its new layers, or expand_mlp's units and add_heads'
+                               # heads in new kv groups, fade in over T steps: MSG's masks; docs/growth.md)
       opt="reset",             # reset (fresh moments, count 0: G_stack's code) | copy (old moments in place, zeros for
-                               # new entries and copies: MSG) | duplicate (copies take their source's: staged training)
+                               # new entries and copies, new layers' count 0: MSG) | duplicate (copies take their
+                               # source's: staged training)
       lr="restart_warmup",     # restart_warmup (warmup to peak_lr, then optim.schedule to the end: G_stack's code)
                                # | continue (the schedule as it was) | rewind (the base schedule from its peak)
       warmup_steps=-1,         # restart_warmup's warmup; -1: optim.warmup_steps

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -248,6 +249,62 @@ def muon_matrices(info_tree, abstract_params, axes_tree):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+# The growth operators that add layers (jaxtrain/growth/depth.py; tests/test_growth.py checks the list).
+LAYER_OPS = ("stack", "g_zero", "g_learn", "g_random", "insert_layers")
+
+
+def layer_counts(config) -> bool:
+  """Whether AdamW keeps a step count per layer of the stacked blocks (`scale_by_adam_layers`): only where the
+  run's growth events need it, a depth event under opt=copy (MSG's new blocks restart their bias correction).
+
+  Lion has no bias correction (its count is unused) and Muon refuses growth, so only AdamW. Every other run keeps
+  optax's `scale_by_adam`, its state, checkpoints and compiled step unchanged.
+  """
+  g = config.growth
+  return config.optim.name == "adamw" and any(
+      isinstance(ev, dict) and ev.get("op") in LAYER_OPS and ev.get("opt", g.opt) == "copy" for ev in g.events or ())
+
+
+class ScaleByAdamLayersState(NamedTuple):
+  """optax.ScaleByAdamState with a count per layer for the stacked blocks (`scale_by_adam_layers`)."""
+  count: jax.Array        # int32[]: the updates of the parameters outside the stacked blocks (embedding, head, norms)
+  layer_count: jax.Array  # int32[L]: the updates of each layer of the stacked blocks (leading `layers` axis)
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def scale_by_adam_layers(b1: float, b2: float, eps: float, stacked, num_layers: int) -> optax.GradientTransformation:
+  """optax.scale_by_adam, with each layer of the stacked blocks bias-corrected by its own count.
+
+  PyTorch's AdamW keeps a step count per parameter: MSG (Yao et al., ICLR 2024, github.com/cofe-ai/MSG) adds new
+  blocks as new parameters, so their bias correction restarts at count 0 while the old blocks' goes on;
+  `growth.grow_opt_state` gives new layers count 0. With equal counts it is optax's update (its moments bit for
+  bit, the update to float rounding: XLA compiles the shared scalar division differently, a few ulps):
+  m̂ = m/(1 − β1^t), v̂ = v/(1 − β2^t), u = m̂/(√v̂ + ε), t the leaf's (layer's) count after the increment.
+  `stacked`: a tree like the params, True where a leaf's leading axis is the layers (`model.stacked`).
+  """
+
+  def init_fn(params):
+    return ScaleByAdamLayersState(jnp.zeros([], jnp.int32), jnp.zeros([num_layers], jnp.int32),
+                                  optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count, layer_count = optax.safe_increment(state.count), optax.safe_increment(state.layer_count)
+
+    def one(m, v, per_layer):
+      t = layer_count.reshape((-1,) + (1,) * (m.ndim - 1)) if per_layer else count  # [L, 1, ...]: per layer
+      m_hat, v_hat = m / (1 - b1**t).astype(m.dtype), v / (1 - b2**t).astype(v.dtype)
+      return m_hat / (jnp.sqrt(v_hat) + eps)
+
+    out = jax.tree.map(one, mu, nu, stacked)
+    return out, ScaleByAdamLayersState(count, layer_count, mu, optax.tree.cast_like(nu, state.nu))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def scale_by_schedule_at_step(lr: optax.Schedule, peak: float, lr_mult, mask, weight_decay: float,
                               mode: str) -> optax.GradientTransformationExtraArgs:
   """The last link: u ← −η_t·c·u and the weight decay of `mode`, with η_t = lr(step) for `update(..., step=)`.
@@ -291,9 +348,9 @@ def make(config, axes_tree, lr_schedule: optax.Schedule | None = None,
 
   The chain: global-norm clipping, ⊥Grad if `optim.orthograd` (per parameter:
   each layer's slice of a stacked tensor and each of SwiGLU's gate and up on its
-  own), AdamW's, Lion's or Muon's scaling, then the learning rate of each group and the
-  weight decay. The schedule is what the logs report; a group's rate is it times
-  its multiplier (`lr_multipliers`).
+  own), AdamW's (a count per layer where a growth event needs one: `layer_counts`), Lion's or Muon's scaling,
+  then the learning rate of each group and the weight decay. The schedule is what the logs report; a group's
+  rate is it times its multiplier (`lr_multipliers`).
   """
   o, m = config.optim, config.model
   lr = lr_schedule or schedule(o, schedule_length(config))
@@ -303,7 +360,9 @@ def make(config, axes_tree, lr_schedule: optax.Schedule | None = None,
   if o.orthograd:
     parts.append(orthograd(units=projection_units(axes_tree)))
   h = hyper(o)
-  if o.name == "adamw":
+  if o.name == "adamw" and layer_counts(config):  # MSG's per-parameter counts: a depth event under opt=copy
+    parts.append(scale_by_adam_layers(h["b1"], h["b2"], h["eps"], model.stacked(axes_tree), m.num_layers))
+  elif o.name == "adamw":
     parts.append(optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]))
   elif o.name == "lion":
     parts.append(optax.scale_by_lion(b1=h["b1"], b2=h["b2"]))

@@ -70,8 +70,9 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   (`model.fp8_side`): their cotangents are delayed scaling's new state (`state["fp8"]`) and, with
   `diagnostics`, the casts' statistics `layers/fp8/<linear>/<x|w|g>_<rms|underflow|saturation>`.
 
-  `ramp` (a growth phase's `growth.Ramp`, else None): new layers fade in by a gate computed from the step
-  (`growth.layer_gate`, MSG's mask); without it the step has no gate.
+  `ramp` (a growth phase's `growth.Ramp`, else None): new layers fade in by a gate and new MLP units and heads by a
+  mask on the columns of the weights that feed them (W_in; W_Q, W_K, W_V), both computed from the step
+  (`growth.ramp_at`, `growth.masked_params`: MSG's masks); without it the step has neither.
   """
   t = config.train
   num_micro = t.microbatches
@@ -79,8 +80,8 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   probes = diagnostics and config.model.fp8 != "none"
   collapse_stats = diagnostics or t.collapse_metrics
 
-  def loss_fn(params, side, batch, gate):
-    model_ = nnx.merge(graphdef, params)
+  def loss_fn(params, side, batch, gate, mask):
+    model_ = nnx.merge(graphdef, growth.masked_params(ramp, params, mask))  # inside: the mask's gradient too
     seg = _segments(config, batch)
     if diagnostics:
       x_BTD, layer_stats = model_.hidden(batch["inputs"], gate=gate, collect=True, side=side, segment_ids_BT=seg)
@@ -95,20 +96,20 @@ def make_train_step(config, graphdef, tx, lr_schedule, diagnostics: bool = False
   def train_step(state, batch):
     params = state["params"]
     side = model.fp8_side(config.model, state.get("fp8"), probes)
-    gate = None if ramp is None else growth.layer_gate(ramp, state["step"])
+    gate, mask = growth.ramp_at(ramp, state["step"])
     if num_micro == 1:
-      (loss, aux), (grads, side_ct) = grad_fn(params, side, batch, gate)
+      (loss, aux), (grads, side_ct) = grad_fn(params, side, batch, gate, mask)
     else:
       micro = _microbatches(batch, num_micro)
       if "weights" in batch:  # each microbatch's weighted mean over the batch's Σ w / M: their mean is the batch's
         micro["weight_sum"] = jnp.full((num_micro,), jnp.sum(batch["weights"].astype(jnp.float32)) / num_micro)
 
       def accumulate(acc, mb):
-        (loss, aux), (grads, side_ct) = grad_fn(params, side, mb, gate)
+        (loss, aux), (grads, side_ct) = grad_fn(params, side, mb, gate, mask)
         return (jax.tree.map(jnp.add, acc[0], (loss, grads)), fp8_lib.combine(acc[1], side_ct)), aux
 
       (loss_shape, _), (grads_shape, side_shape) = jax.eval_shape(
-          lambda: grad_fn(params, side, jax.tree.map(lambda x: x[0], micro), gate))
+          lambda: grad_fn(params, side, jax.tree.map(lambda x: x[0], micro), gate, mask))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), ((loss_shape, grads_shape), side_shape))
       ((loss, grads), side_ct), aux_M = jax.lax.scan(accumulate, zeros, micro)
       loss, grads = jax.tree.map(lambda x: x / num_micro, (loss, grads))
@@ -160,12 +161,13 @@ def _microbatches(batch, num_micro: int):
 def make_eval_step(config, graphdef, ramp=None):
   """eval_step(params, batch) -> (sum of token losses, number of tokens), in train.microbatches passes.
 
-  With a growth phase's `ramp`: eval_step(params, batch, step), the model gated as the train step at `step`."""
+  With a growth phase's `ramp`: eval_step(params, batch, step), the model gated and masked as the train step at
+  `step`."""
 
   def sums(params, batch, step=None):
-    model_ = nnx.merge(graphdef, params)
+    gate, mask = growth.ramp_at(ramp, step)
+    model_ = nnx.merge(graphdef, growth.masked_params(ramp, params, mask))
     seg = _segments(config, batch)
-    gate = None if ramp is None else growth.layer_gate(ramp, step)
     logits_BTV = model_(batch["inputs"], segment_ids_BT=seg, gate=gate)
     _, aux = _loss(config, logits_BTV, batch)
     return aux["ce_sum"], aux["tokens"]

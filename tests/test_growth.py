@@ -8,11 +8,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import growth, losses, model, optim
+from jaxtrain import growth, losses, model, munit, optim
 from jaxtrain.config import ConfigError
 
 
@@ -272,6 +273,96 @@ def test_opt_state_copy_duplicate_and_reset(name):
     assert a.dtype == b.dtype
 
 
+def _layer_count_run(events, steps_before=3):
+  """(phases, tx per phase, the state at the event after `steps_before` AdamW updates on random gradients)."""
+  c = cfg_lib.base()
+  c.model = small()
+  c.train.steps = 20
+  c.optim.update(clip_norm=0.0, weight_decay=0.1)  # clipping is global: the per-layer references need it off
+  c.growth.events = events
+  phases = growth.plan(c)
+  lr = lambda t: 1e-2
+  txs = [optim.make(p.config, model.abstract(p.config.model)[2], lr, 1e-2)[0] for p in phases]
+  params = perturbed(c.model)
+  state = {"step": jnp.int32(steps_before), "params": params, "opt_state": txs[0].init(params),
+           "rng": jax.random.key_data(KEY)}
+  for i in range(steps_before):
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(i), p.shape), params)
+    _, state["opt_state"] = txs[0].update(grads, state["opt_state"], params, step=i)
+  return phases, txs, state
+
+
+def _adamw_reference(adam_state, grads, params, decayed, steps):
+  """The updates of an AdamW (optax.scale_by_adam, β (0.9, 0.95), then −η·(u + λ·p)) from `adam_state`."""
+  adam = optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-8)
+  out = []
+  for k in range(steps):
+    u, adam_state = adam.update(grads[k], adam_state)
+    u = jax.tree.map(lambda u, p, d: -1e-2 * (u + 0.1 * p) if d else -1e-2 * u, u, params, decayed)
+    params = jax.tree.map(jnp.add, params, u)
+    out.append(u)
+  return out
+
+
+def test_copy_gives_new_layers_msgs_fresh_adamw_and_old_layers_their_own():
+  """opt=copy on a depth event (MSG: new blocks are new PyTorch AdamW parameters, count 0): a new layer's updates
+  are those of a fresh AdamW on that layer alone, bias correction included (optax's shared count gave 0.447× at
+  the first step); an old layer's and the embedding's go on as if nothing had happened."""
+  phases, txs, state = _layer_count_run(({"step": 3, "op": "stack", "g": 2, "opt": "copy", "lr": "continue"},))
+  assert isinstance(state["opt_state"][0], optim.ScaleByAdamLayersState)
+  grown = growth.grow_state(phases, 1, state)
+  assert list(grown["opt_state"][0].layer_count) == [3, 3, 3, 0, 0, 0] and int(grown["opt_state"][0].count) == 3
+  _, p, imap = growth.stack(phases[0].config.model, state["params"], layer_map=[0, 1, 2, 2], with_index_map=True)
+  for policy, counts in (("duplicate", [3, 3, 3, 3]), ("reset", [0, 0, 0, 0]), ("copy", [3, 3, 3, 0])):
+    assert list(growth.grow_opt_state(policy, state["opt_state"], p, imap)[0].layer_count) == counts
+  params, opt_state, steps = grown["params"], grown["opt_state"], 4
+  grads = [jax.tree.map(lambda p: jax.random.normal(jax.random.key(10 + k), p.shape), params) for k in range(steps)]
+  updates = []
+  for k in range(steps):
+    u, opt_state = txs[1].update(grads[k], opt_state, params, step=3 + k)
+    params = jax.tree.map(jnp.add, params, u)
+    updates.append(u)
+  decayed = optim.decay_mask(model.param_info(phases[1].config.model))
+  old = state["opt_state"][0]
+  for layer in range(6):
+    at = lambda t: jax.tree.map(lambda x: x[layer], t["blocks"])
+    if layer < 3:  # an old layer: its own moments and count 3 go on
+      start = optax.ScaleByAdamState(jnp.int32(3), at(old.mu), at(old.nu))
+    else:  # a new layer (a repeat of layer - 3): a fresh AdamW
+      start = optax.scale_by_adam().init(at(grown["params"]))
+    ref = _adamw_reference(start, [at(g) for g in grads], at(grown["params"]), decayed["blocks"], steps)
+    for k in range(steps):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-9), at(updates[k]), ref[k])
+  rest = lambda t: {k: v for k, v in t.items() if k != "blocks"}
+  ref = _adamw_reference(optax.ScaleByAdamState(jnp.int32(3), rest(old.mu), rest(old.nu)),
+                         [rest(g) for g in grads], rest(grown["params"]), rest(decayed), steps)
+  for k in range(steps):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-9), rest(updates[k]), ref[k])
+
+
+def test_per_layer_counts_only_where_a_depth_copy_event_needs_them():
+  """Without a depth event under copy, optax's scale_by_adam and its state (checkpoints and step unchanged); with
+  equal counts the per-layer transform is optax's update: moments bit for bit, the update to float rounding."""
+  depth_ops = {op for op, f in growth.OPERATORS.items() if f.__module__ == "jaxtrain.growth.depth"}
+  assert depth_ops == set(optim.LAYER_OPS)
+  for events in ((), ({"step": 3, "op": "stack", "g": 2},), ({"step": 3, "op": "expand_mlp", "mlp_dim": 96,
+                                                                "opt": "copy"},)):
+    _, txs, state = _layer_count_run(events, steps_before=0)
+    assert isinstance(state["opt_state"][0], optax.ScaleByAdamState)
+  m = small()
+  params = perturbed(m)
+  ours = optim.scale_by_adam_layers(0.9, 0.95, 1e-8, model.stacked(model.abstract(m)[2]), m.num_layers)
+  theirs = optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-8)
+  a, b = ours.init(params), theirs.init(params)
+  step = jax.jit(lambda tx_a, tx_b, g: (ours.update(g, tx_a), theirs.update(g, tx_b)))
+  for k in range(5):
+    g = jax.tree.map(lambda p: jax.random.normal(jax.random.key(k), p.shape), params)
+    (ua, a), (ub, b) = step(a, b, g)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=0), ua, ub)  # ulps: XLA's division
+    jax.tree.map(np.testing.assert_array_equal, (a.mu, a.nu), (b.mu, b.nu))
+  assert list(a.layer_count) == [5] * 3 and int(a.count) == int(b.count) == 5
+
+
 def test_split_mlp_moments_are_zero_for_new_units():
   m = small()
   params = perturbed(m)
@@ -339,10 +430,15 @@ def test_a_gate_fades_new_layers_in_exactly():
   ramp = growth.Ramp(start=10, steps=4, new=(False, False, False, True, True))
   assert [list(np.asarray(growth.layer_gate(ramp, t))) for t in (10, 11, 14, 20)] == [
       [1, 1, 1, 0, 0], [1, 1, 1, 0.25, 0.25], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+  # what the steps apply: a depth ramp has no width mask, no ramp neither (the steps compile as without growth)
+  assert growth.ramp_at(ramp, 11)[1] is None and growth.masked_params(ramp, new_params, 0.5) is new_params
+  assert growth.ramp_at(None, 11) == (None, None) and growth.masked_params(None, new_params, None) is new_params
 
 
 @pytest.mark.parametrize("events, message", [
-    (({"step": 5, "op": "expand_mlp", "mlp_dim": 96, "ramp_steps": 3},), "expand_mlp adds none"),
+    (({"step": 5, "op": "expand_d_model", "d_model": 48, "ramp_steps": 3},), "expand_d_model's new hidden dims have "
+                                                                             "no mask"),
+    (({"step": 5, "op": "split_mlp", "mlp_dim": 96, "ramp_steps": 3},), "already compute the small model's function"),
     (({"step": 5, "op": "g_random", "num_layers": 4, "ramp_steps": 3},
       {"step": 7, "op": "stack", "g": 2}), "falls inside event 0's mask ramp"),
     (({"step": 5, "op": "g_random", "num_layers": 4, "ramp_steps": -1},), "ramp_steps=-1 must be an integer >= 0"),
@@ -371,6 +467,172 @@ def test_the_ramp_fades_in_the_layers_each_operator_adds(event, new):
   assert growth.plan(c)[1].ramp == growth.Ramp(5, 4, new)
   c.growth.events = ({"step": 5, **event},)
   assert growth.plan(c)[1].ramp is None
+
+
+WIDTH_EVENTS = {"expand_mlp": {"op": "expand_mlp", "mlp_dim": 96},
+                "add_heads": {"op": "add_heads", "num_heads": 8, "num_kv_heads": 4}}  # 2 heads per group: new groups
+# What the mask scales, per op: (param path, axis, new indices) of the grown `small()` (64 units; heads (g, r) at
+# 2g + r, groups 2 and 3 new).
+WIDTH_MASKED = {
+    "expand_mlp": [(("blocks", "mlp", "wi", "w"), 3, (False,) * 64 + (True,) * 32)],
+    "add_heads": [(("blocks", "attn", "wq", "w"), 2, (False,) * 4 + (True,) * 4),
+                  (("blocks", "attn", "wk", "w"), 2, (False,) * 2 + (True,) * 2),
+                  (("blocks", "attn", "wv", "w"), 2, (False,) * 2 + (True,) * 2)]}
+WRITE = {"expand_mlp": (("blocks", "mlp", "down", "w"), 1), "add_heads": (("blocks", "attn", "wo", "w"), 1)}
+
+
+def _width_ramp(op, **model_change):
+  c = cfg_lib.base()
+  c.model, c.train.steps = small(**model_change), 20
+  event = {"step": 5, "ramp_steps": 4, **WIDTH_EVENTS[op]}
+  c.growth.events = (event,)
+  return c, event, growth.plan(c)[1].ramp
+
+
+def _leaf(tree, path):
+  return functools.reduce(lambda t, k: t[k], path, tree)
+
+
+def _path(keys):
+  return tuple(k.key for k in keys)
+
+
+def _along(flags, axis, ndim):
+  """Per-index flags shaped to broadcast along `axis` of an ndim array."""
+  return np.asarray(flags).reshape([-1 if a == axis else 1 for a in range(ndim)])
+
+
+@pytest.mark.parametrize("op", sorted(WIDTH_EVENTS))
+def test_a_width_ramp_masks_the_new_units_inputs(op):
+  """MSG's width mask (ramp_steps on expand_mlp, add_heads): the new units' write rows are fresh (MSG's random new
+  entries) and the columns that feed them × m in the step: at m = 0 the small model's logits, in between those
+  columns × m and nothing else, from the ramp's end the grown model bit for bit; the layers have no gate."""
+  c, event, ramp = _width_ramp(op)
+  assert not any(ramp.new) and [(p, a, n) for p, a, n in ramp.masked] == WIDTH_MASKED[op]
+  params = perturbed(c.model)
+  new_m, grown = growth.apply(c.model, params, op, growth.event_args(event), KEY)
+  write, axis = WRITE[op]
+  new_rows = np.asarray(WIDTH_MASKED[op][0][2])
+  assert float(jnp.abs(jnp.take(_leaf(grown, write), np.flatnonzero(new_rows), axis)).min()) > 0  # not 0
+  at = lambda step: growth.masked_params(ramp, grown, growth.ramp_at(ramp, step)[1])
+  assert growth.ramp_at(ramp, 5)[0] is None  # no layer gate
+  _assert_same(logits(c.model, params, TOKENS), logits(new_m, at(5), TOKENS))  # m = 0 on the first step after
+  half = at(7)  # m = 2/4
+  for path, axis, new in ramp.masked:
+    scale = np.where(_along(new, axis, _leaf(grown, path).ndim), 0.5, 1.0)
+    np.testing.assert_array_equal(_leaf(half, path), _leaf(grown, path) * scale)  # old columns bit for bit
+  masked_paths = {p for p, _, _ in ramp.masked}
+  flat = lambda t: {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  for path, x in flat(half).items():
+    if path not in masked_paths:
+      np.testing.assert_array_equal(x, flat(grown)[path])
+  for step in (9, 30):  # from start + T on: the grown model itself
+    jax.tree.map(np.testing.assert_array_equal, at(step), grown)
+  assert not np.allclose(logits(new_m, half, TOKENS), logits(c.model, params, TOKENS), atol=1e-4)
+  c.growth.events = ({k: v for k, v in event.items() if k != "ramp_steps"},)  # no ramp: Gesmundo's exact zeros
+  assert growth.plan(c)[1].ramp is None and "fresh_write" not in growth.event_args(c.growth.events[0])
+
+
+def _msg_mlp(m, p, x_BTD, mask_F):
+  """MSG's FFN mask written out (github.com/cofe-ai/MSG, model_ex/bert_ex_v2.py, BertIntermediateEx.forward):
+  act(dense(x) · mask), the mask on every new unit's pre-activation; SwiGLU's gate and up are both the input
+  projection's outputs (prts' MsgLayer on w1 and w2): silu(m·g)·(m·u)."""
+  D, F = m.d_model, p["down"]["w"].shape[0]
+  a_in, a_down = _mult(m, D), _mult(m, F)
+  h_BTCF = a_in * jnp.einsum("btd,dcf->btcf", x_BTD, p["wi"]["w"]) * mask_F
+  h_BTF = jax.nn.silu(h_BTCF[:, :, 0]) * h_BTCF[:, :, 1] if m.mlp == "swiglu" else jax.nn.gelu(h_BTCF[:, :, 0])
+  return a_down * jnp.einsum("btf,fd->btd", h_BTF, p["down"]["w"])
+
+
+def _msg_attention(m, p, x_BTD, mask_H, mask_G):
+  """MSG's head mask written out (bert_ex_v2.py, BertSelfAttentionEx.forward): q, k and v × the mask, nothing on the
+  heads' output, so a new head adds m·softmax(m²·s)·v through W_O; causal, grouped-query, RoPE."""
+  D, (H, K), G = m.d_model, p["wq"]["w"].shape[1:], p["wk"]["w"].shape[1]
+  a = _mult(m, D)
+  q_BTHK = a * jnp.einsum("btd,dhk->bthk", x_BTD, p["wq"]["w"]) * mask_H[:, None]
+  k_BTGK = a * jnp.einsum("btd,dgk->btgk", x_BTD, p["wk"]["w"]) * mask_G[:, None]
+  v_BTGK = a * jnp.einsum("btd,dgk->btgk", x_BTD, p["wv"]["w"]) * mask_G[:, None]
+  q_BTHK, k_BTGK = model.rope(q_BTHK, m.rope_theta), model.rope(k_BTGK, m.rope_theta)
+  q_BTGRK = q_BTHK.reshape(*q_BTHK.shape[:2], G, H // G, K) * munit.query_multiplier(m, K)
+  s_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BTGK) / K**0.5
+  T = x_BTD.shape[1]
+  s_BGRTS = jnp.where(np.tril(np.ones((T, T), bool)), s_BGRTS, -jnp.inf)
+  out_BTHK = jnp.einsum("bgrts,bsgk->btgrk", jax.nn.softmax(s_BGRTS, -1), v_BTGK).reshape(q_BTHK.shape)
+  return _mult(m, H * K) * jnp.einsum("bthk,hkd->btd", out_BTHK, p["wo"]["w"])
+
+
+def _mult(m, fan_in):  # μS's static multiplier of a hidden linear (1 under SP)
+  return munit.multiplier(m, "hidden", fan_in)
+
+
+@pytest.mark.parametrize("op, change", [
+    ("expand_mlp", {"mlp": "gelu"}), ("expand_mlp", {"mlp": "swiglu"}), ("expand_mlp", {"parametrization": "mus"}),
+    ("add_heads", {}), ("add_heads", {"parametrization": "mus", "mus": {"attn_scale": "inv"}}),
+])
+def test_the_width_mask_is_msgs_mask_on_the_new_units_projections(op, change):
+  """The parameter mask in the step (growth.masked_params on the new columns of W_in; W_Q, W_K, W_V) against MSG's
+  masks written out on the projections' outputs: gelu(m·h) (SwiGLU: silu(m·g)·(m·u)); a new head's q, k, v × m.
+  Value and every gradient (parameters, input) agree at m = 0.5 and m = 0 (where the new units add nothing); masking
+  the write rows instead (the output, linear in m) fails this at m = 0.5."""
+  mus = change.pop("mus", {})
+  c, event, ramp = _width_ramp(op, **change)
+  c.model.mus.update(mus)
+  params = perturbed(c.model)
+  new_m, grown = growth.apply(c.model, params, op, growth.event_args(event), KEY)
+  leaves, tree = jax.tree.flatten(grown)  # some steps into the ramp: the new heads' logits are no longer ≈ 0
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  grown = jax.tree.unflatten(tree, [w + 0.3 * jax.random.normal(k, w.shape) for w, k in zip(leaves, keys)])
+  branch = "mlp" if op == "expand_mlp" else "attn"
+  make = model.Mlp if op == "expand_mlp" else model.Attention
+  graphdef = nnx.split(make(new_m, out_std=new_m.init_std, rngs=nnx.Rngs(0)))[0]
+  layer = lambda p, i=1: jax.tree.map(lambda w: w[i], p["blocks"][branch])
+  x_BTD = jax.random.normal(jax.random.key(5), (2, 16, new_m.d_model))
+  r_BTD = jax.random.normal(jax.random.key(6), x_BTD.shape)
+
+  def ours(p, x_BTD, m):  # what the train step computes: the model's own module on the masked parameters
+    return jnp.sum(nnx.merge(graphdef, layer(growth.masked_params(ramp, p, m)))(x_BTD) * r_BTD)
+
+  def msg_out(p, x_BTD, m):
+    masks = [jnp.where(np.asarray(new), m, 1.0) for _, _, new in WIDTH_MASKED[op]]  # the new units, heads, groups
+    if op == "expand_mlp":
+      return _msg_mlp(new_m, layer(p), x_BTD, masks[0])
+    return _msg_attention(new_m, layer(p), x_BTD, masks[0], masks[1])
+
+  msg = lambda p, x_BTD, m: jnp.sum(msg_out(p, x_BTD, m) * r_BTD)
+
+  for m in (0.5, 0.0):
+    a, b = (jax.value_and_grad(f, argnums=(0, 1))(grown, x_BTD, jnp.float32(m)) for f in (ours, msg))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-5 * float(jnp.abs(y).max()) + 1e-7),
+                 a, b)
+  # at m = 0 the new units add nothing: the same as their write rows at 0 (Gesmundo's exact expansion)
+  write, axis = WRITE[op]
+  new_rows = _along(WIDTH_MASKED[op][0][2], axis, _leaf(grown, write).ndim)
+  zeroed = jax.tree_util.tree_map_with_path(lambda k, w: jnp.where(new_rows, 0.0, w) if _path(k) == write else w,
+                                            grown)
+  _assert_same(msg_out(zeroed, x_BTD, 1.0), msg_out(grown, x_BTD, 0.0))
+  # the mask on the write rows (the new units' output, linear in m) is another function at m = 0.5
+  halved = jax.tree_util.tree_map_with_path(lambda k, w: jnp.where(new_rows, 0.5 * w, w) if _path(k) == write
+                                            else w, grown)
+  added = msg_out(grown, x_BTD, 0.5) - msg_out(zeroed, x_BTD, 1.0)  # what the new units add at m = 0.5
+  gap = msg_out(halved, x_BTD, 1.0) - msg_out(grown, x_BTD, 0.5)
+  assert float(jnp.abs(gap).max()) > 0.05 * float(jnp.abs(added).max())
+
+
+def test_msgs_head_mask_needs_new_kv_groups_and_no_qk_norm():
+  """MSG masks a new head's k and v: heads that join an old group share its k and v with the old heads, and
+  QK-norm divides m out of q and k; both refused under ramp_steps, in one line, with the fix."""
+  for model_change, ev, message in (
+      ({}, {"op": "add_heads", "num_heads": 6}, r"join old kv groups.*num_heads = 2·num_kv_heads"),
+      ({"num_kv_heads": 1}, {"op": "add_heads", "num_heads": 8}, "join old kv groups"),  # MQA: one group
+      ({"qk_norm": True}, {"op": "add_heads", "num_heads": 8, "num_kv_heads": 4}, "QK-norm undoes MSG's mask")):
+    c = cfg_lib.base()
+    c.model, c.train.steps = small(**model_change), 20
+    c.growth.events = ({"step": 5, "ramp_steps": 4, **ev},)
+    with pytest.raises(ConfigError, match=message) as e:
+      growth.plan(c)
+    assert "\n" not in str(e.value)
+    c.growth.events = ({"step": 5, **ev},)  # Gesmundo's exact expansion, no mask: fine
+    assert growth.plan(c)[1].ramp is None
 
 
 # ---------------------------------------------------------------- bad input

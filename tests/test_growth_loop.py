@@ -158,6 +158,23 @@ def test_a_mask_ramp_in_the_loop_keeps_the_loss_at_growth_then_fades_the_layers_
   assert m_loss[8] != small_loss[8]  # m = 2/4: the new layers act
 
 
+def test_a_width_ramp_in_the_loop_keeps_the_loss_at_growth_then_fades_the_units_in(tiny, tmp_path):
+  """MSG's width mask (ramp_steps on expand_mlp, add_heads): fresh new units whose input columns (W_in; W_Q, W_K,
+  W_V) the train and eval steps scale by m: the eval at the event and the first step after it (m = 0) are the
+  small model's, to float rounding; then the units act."""
+  def run(name, *events):
+    c = with_events(tiny(train__steps=12, train__log_every=1, train__eval_every=100), *events)
+    train.train(c, str(tmp_path / name), devices=ONE)
+    return [r for r in read_metrics(str(tmp_path / name)) if "growth/event" in r], losses_by_step(str(tmp_path / name))
+
+  _, small_loss = run("small")
+  for op in ({"op": "expand_mlp", "mlp_dim": 96}, {"op": "add_heads", "num_heads": 8}):
+    [row], loss = run(op["op"], {"step": 5, "ramp_steps": 4, **op})
+    assert row["growth/eval_loss_after"] == pytest.approx(row["growth/eval_loss_before"], rel=1e-6)
+    assert loss[6] == pytest.approx(small_loss[6], rel=1e-6) and loss[5] == small_loss[5]
+    assert abs(loss[8] - small_loss[8]) > 1e-6  # m = 2/4: the new units act
+
+
 def test_growth_on_the_mesh_gives_the_one_device_state(tiny):
   """On an FSDP × tensor-parallel mesh of the 8 devices: parameters and moments sharded both ways."""
   mesh = dict(data=1, fsdp=2, tensor=4)

@@ -319,13 +319,15 @@ def test_grokking_verdicts_count_seeds_and_come_out_each_way():
   assert measure.verdict("softmax_f64", [f(None)] * 3, {"adamw_f32": f32}).startswith("SC later in float64")
 
 
-@pytest.mark.parametrize("study", ["norm_placement", "instability", "grokking"])
+@pytest.mark.parametrize("study", ["norm_placement", "norm_placement/results/small", "instability", "grokking"])
 def test_a_study_s_report_regenerates_byte_identically_from_its_summary(study, tmp_path):
-  """--report-only rebuilds the committed report.md from the committed summary.json alone."""
+  """--report-only rebuilds the committed report.md from the committed summary.json alone (`study`: its name, or
+  its name and the results directory of another size's committed report)."""
   import shutil  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  results = os.path.join(REPO, "experiments", study, "results")
+  study, _, sub = study.partition("/")
+  results = os.path.join(REPO, "experiments", study, sub or "results")
   shutil.copy(os.path.join(results, "summary.json"), tmp_path / "summary.json")
   subprocess.run([sys.executable, os.path.join(REPO, "experiments", study, "run.py"), "--report-only", "--out",
                   str(tmp_path)], check=True, capture_output=True, cwd=str(tmp_path))

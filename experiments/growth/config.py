@@ -64,8 +64,8 @@ RUNS = {
     "random4_x25": ("random4", 0.25, {"ramp": True}),
     "random4_x25_nomask": ("random4", 0.25, {}),
     "width_x25": ("width", 0.25, {}),
-    # Optional (`run.py --runs +copy`): G_stack keeping AdamW's moments, new layers' zeroed (MSG's `copy`), and
-    # the base's schedule.
+    # Optional (`run.py --runs +copy`): G_stack keeping AdamW's moments, new layers' zeroed with their AdamW count
+    # at 0 (MSG's `copy`: new blocks are new PyTorch parameters), and the base's schedule.
     "stack4_x25_copy": ("stack4", 0.25, {"opt": "copy", "lr": "continue"}),
 }
 # The runs of the committed study (3 seeds on a shared 2-core CPU), in the order it runs them: the paper's operator

@@ -111,6 +111,13 @@ def repeats(idx) -> np.ndarray:
   return np.array(out, bool)
 
 
+def layer_sources(index_map) -> tuple[np.ndarray, np.ndarray]:
+  """(source, new), per layer of the grown stacked blocks: the old layer it takes its values from (-1: none), and
+  whether it is new: `repeats` on any block leaf's layer axis (a fresh layer, or a copy of one placed before it)."""
+  maps = [a.idx[0] for a in jax.tree.leaves(index_map["blocks"], is_leaf=lambda x: isinstance(x, AxisMap))]
+  return np.max(maps, axis=0), np.any([repeats(i) for i in maps], axis=0)
+
+
 def without_copies(index_map):
   """The index map with every copy (`repeats`) sent to -1 on every axis: copies get what new entries get."""
   def one(a):

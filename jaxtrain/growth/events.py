@@ -11,8 +11,9 @@ The policies are the papers':
     opt=reset           a fresh optimizer (zero moments, count 0): G_stack's code (Du et al., NeurIPS 2024, arXiv
                         2405.15319, github.com/tongxuluo/prts), LiGO (Wang et al., ICLR 2023, arXiv 2303.00980)
     opt=copy            old moments moved with the parameters, zeros for new entries and for copies (a stacked
-                        layer's repeats, a split unit's copies), counts kept: MSG's `transfer_states` and its new
-                        blocks' fresh state (Yao et al., ICLR 2024, arXiv 2305.02869, github.com/cofe-ai/MSG)
+                        layer's repeats, a split unit's copies), counts kept, new layers' counts 0 (AdamW with a
+                        count per layer: optim.layer_counts): MSG's `transfer_states` and its new blocks' fresh
+                        state (Yao et al., ICLR 2024, arXiv 2305.02869, github.com/cofe-ai/MSG)
     opt=duplicate       as copy, but a copy takes its source's moments too: staged training's depth growth (Shen
                         et al., ICML 2022, github.com/allenai/staged-training)
     lr=restart_warmup   warmup again to a new peak, then the schedule over what is left: G_stack's code, LiGO,
@@ -20,10 +21,28 @@ The policies are the papers':
     lr=continue         one schedule for the whole run: Apollo (Pan et al., AAAI 2024)
     lr=rewind           the base schedule rewound to its peak at the event: MSG
 
-An event's `ramp_steps` T > 0 fades its new layers in as MSG does (its mask; prts' `msg.py` for G↑random): a new
-layer's output is y·m + x·(1 − m), x its input, m = min(1, (t − s)/T) at train step t after the event's step s, so
-m = 0 (the small model's function) on the first step after it and 1 from step s + T on. New layers are those the
-operator's layer map gives no old layer of their own: fresh ones and repeats (core.repeats).
+An event's `ramp_steps` T > 0 fades in what it adds, as MSG's masks do, with m = min(1, (t − s)/T) at train step t
+after the event's step s: m = 0 (the small model's function) on the first step after it, 1 from step s + T on.
+`Ramp` holds what the mask applies to, `ramp_at` gives the step's values, the train and eval steps apply them:
+
+    new layers          output y·m + x·(1 − m), x the layer's input (prts' `msg.py` for G↑random): the layers the
+                        operator's layer map gives no old layer of their own, fresh ones and repeats (core.repeats)
+    expand_mlp's units  the new columns of W_in × m (SwiGLU's gate and up both): gelu(m·h) for GELU, as MSG's
+                        BERT code masks the new FFN units' pre-activation (github.com/cofe-ai/MSG,
+                        model_ex/bert_ex_v2.py, BertIntermediateEx.forward: `self.dense(x) * grow_mask_vec`, then
+                        the activation), silu(m·g)·(m·u) for SwiGLU, as prts' MSG for LLaMA masks the output of
+                        every linear into the new units, gate and up alike (prts_lit/scaling/msg.py, MsgLayer)
+    add_heads' heads    the new heads' columns of W_Q and their new kv groups' of W_K, W_V × m: MSG's mask on the
+                        new heads' q, k and v (bert_ex_v2.py, BertSelfAttentionEx.forward), so a new head adds
+                        m·softmax(m²·s)·v through W_O; refused where new heads join old kv groups (their k, v are
+                        the old heads') and with QK-norm (the norm undoes m·q, m·k)
+    (both)              as parameter masks (`masked_params`), in the step: the same value and gradients as MSG's
+                        masks on the projections' outputs, as those are linear in the columns. The new units' write
+                        rows (W_down's, W_O's) are drawn from the init (`fresh_write`, the default under a ramp),
+                        as every new entry of MSG's is (utils_ex_v2.py, expand_linear)
+    split_mlp           refused: its copies already compute the small model's function
+    expand_head_dim,    refused: MSG's masks on new hidden dims (LayerNorm's statistics over the new dims included)
+    expand_d_model      are not implemented
 """
 
 from __future__ import annotations
@@ -50,6 +69,12 @@ LR_POLICIES = ("restart_warmup", "continue", "rewind")  # growth.lr: the learnin
 # beside the operator's own arguments
 EVENT_FIELDS = ("step", "op", "opt", "lr", "warmup_steps", "peak_lr", "ramp_steps")
 GROWTH_KEY_SALT = 7  # event k draws its fresh entries from fold_in(fold_in(key(seed), 7), k): not init's, not rng's
+# Width operators a ramp fades in: the weights that read the residual stream into their new units, each with its
+# unit axis (core.param_axes' name), whose new columns the mask scales (MSG's masks on the units' pre-activations):
+# W_in's (SwiGLU's gate and up) for MLP units; W_Q's for new heads, W_K's and W_V's for their new kv groups.
+WIDTH_RAMPS = {"expand_mlp": ((("blocks", "mlp", "wi", "w"), "mlp"),),
+               "add_heads": ((("blocks", "attn", "wq", "w"), "heads"), (("blocks", "attn", "wk", "w"), "kv_heads"),
+                             (("blocks", "attn", "wv", "w"), "kv_heads"))}
 
 
 # ---------------------------------------------------------------- operators by name
@@ -79,6 +104,17 @@ def apply_chain(m, params, chain, keys, batches=None):
   return m, params, index_map
 
 
+def event_args(ev: dict) -> dict:
+  """The operator's arguments from event `ev`: those it names; under a width mask ramp (ramp_steps on an op of
+  WIDTH_RAMPS) `fresh_write` defaults to True: MSG draws every new entry, the new units' write rows included
+  (github.com/cofe-ai/MSG, model_ex/utils_ex_v2.py, expand_linear), and its mask on their inputs makes that
+  exact at m = 0."""
+  args = {n: ev[n] for n in op_args(ev["op"]) if n in ev}
+  if ev.get("ramp_steps") and ev["op"] in WIDTH_RAMPS:
+    args.setdefault("fresh_write", True)
+  return args
+
+
 def learn_steps(event: dict) -> int:
   """The batches an event's operator trains on before the grown model does (g_learn's `fit_steps`; else 0)."""
   if "batches" not in inspect.signature(OPERATORS[event["op"]]).parameters:
@@ -95,17 +131,65 @@ def event_key(seed: int, k: int) -> jax.Array:
 
 
 class Ramp(NamedTuple):
-  """MSG's mask ramp after an event: layer ℓ's gate is m = min(1, (t − start)/steps) where new[ℓ], else 1."""
+  """MSG's mask ramp after an event, m = min(1, (t − start)/steps): layer ℓ's gate is m where new[ℓ], else 1;
+  each `masked` weight's new columns are × m (the inputs of new MLP units and of new heads' q, k, v)."""
   start: int                  # the event's step
   steps: int                  # T
   new: tuple                  # per layer of the grown model: whether it fades in
+  masked: tuple = ()          # ((param path, axis, per index along it: whether it is new), ...): width's masks
+
+
+def ramp_mask(ramp: Ramp, step) -> jax.Array:
+  """float32 m at train step `step` (the state's step, before the update): 0 on the first step after the event, as
+  MSG's mask (its `curr_step` counts the optimizer steps since growth), 1 from step start + steps on."""
+  return jnp.clip(jnp.asarray(step - ramp.start, jnp.float32) / ramp.steps, 0.0, 1.0)
 
 
 def layer_gate(ramp: Ramp, step) -> jax.Array:
-  """float32[L]: each layer's gate at train step `step` (the state's step, before the update): 0 on the first step
-  after the event, as MSG's mask (its `curr_step` counts the optimizer steps since growth)."""
-  m = jnp.clip(jnp.asarray(step - ramp.start, jnp.float32) / ramp.steps, 0.0, 1.0)
-  return jnp.where(np.asarray(ramp.new, bool), m, 1.0).astype(jnp.float32)
+  """float32[L]: each layer's gate at train step `step`: m where the layer is new, else 1."""
+  return jnp.where(np.asarray(ramp.new, bool), ramp_mask(ramp, step), 1.0).astype(jnp.float32)
+
+
+def ramp_at(ramp: Ramp | None, step) -> tuple[jax.Array | None, jax.Array | None]:
+  """(layer gate or None, width mask m or None) at train step `step`: what the train and eval steps hand to the
+  model (`Transformer(gate=)`) and to `masked_params`; (None, None) without a ramp, so the step is as without one."""
+  if ramp is None:
+    return None, None
+  return (layer_gate(ramp, step) if any(ramp.new) else None), (ramp_mask(ramp, step) if ramp.masked else None)
+
+
+def masked_params(ramp: Ramp | None, params, m):
+  """`params` with each of the ramp's masked weights' new columns × m (MSG's width masks), others as they are.
+
+  MSG multiplies the new units' projections by m: the FFN's pre-activation, gelu(m·h), and the new heads' q, k
+  and v (github.com/cofe-ai/MSG, model_ex/bert_ex_v2.py, BertIntermediateEx and BertSelfAttentionEx.forward).
+  jaxtrain's projections have no bias, and their μS multiplier, RoPE and the query multiplier are linear, so
+  scaling the new columns of W_in, W_Q, W_K, W_V by m gives those masks, in value and in every gradient
+  (∂L/∂W_col = m·xᵀ·∂L/∂h, as under MSG's mask). Old columns are × 1, bit for bit; so is everything at m = 1.
+  """
+  if ramp is None or not ramp.masked:
+    return params
+  out = params
+  for path, axis, new in ramp.masked:
+    w = _at(out, path)
+    shape = [1] * w.ndim
+    shape[axis] = len(new)
+    scale = jnp.where(np.asarray(new, bool).reshape(shape), m, 1.0).astype(w.dtype)
+    out = _replace(out, path, w * scale)
+  return out
+
+
+def _at(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _replace(tree, path, value):
+  """A copy of the dict tree with the leaf at `path` replaced (the other leaves shared)."""
+  if not path:
+    return value
+  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
 
 
 class Phase(NamedTuple):
@@ -180,9 +264,9 @@ def _lr_schedules(config, events) -> list[tuple[Callable, float]]:
 
 
 def _grown_model(config, m, ev: dict):
-  """(The model config event `ev` grows `m` into, which of its layers are new (core.repeats)), worked out on shapes
-  alone (jax.eval_shape): nothing allocated."""
-  args = {n: ev[n] for n in op_args(ev["op"]) if n in ev}
+  """(The model config event `ev` grows `m` into, which of its layers are new (core.repeats), the Ramp's `masked`
+  entries for a width operator of WIDTH_RAMPS), worked out on shapes alone (jax.eval_shape): nothing allocated."""
+  args = event_args(ev)
   grown, key = {}, jax.random.key(0)  # concrete, outside the trace: split_mlp draws its unit map from it
 
   def shape_only(params, batches):
@@ -192,9 +276,26 @@ def _grown_model(config, m, ev: dict):
   B, T = config.train.global_batch, config.data.seq_len
   batches = {k: jax.ShapeDtypeStruct((learn_steps(ev), B, T), jnp.int32) for k in ("inputs", "targets")}
   jax.eval_shape(shape_only, jax.eval_shape(lambda: model.init(m, jax.random.key(0))), batches)
-  is_map = lambda x: isinstance(x, core.AxisMap)
-  layer_maps = [a.idx[0] for a in jax.tree.leaves(grown["map"]["blocks"], is_leaf=is_map)]  # axis 0: layers
-  return grown["m"], tuple(bool(x) for x in np.any([core.repeats(i) for i in layer_maps], axis=0))
+  masked = []
+  for path, name in WIDTH_RAMPS.get(ev["op"], ()):
+    axis = _at(core.param_axes(grown["m"]), path).index(name)
+    masked.append((path, axis, tuple(bool(i < 0) for i in _at(grown["map"], path).idx[axis])))
+  return grown["m"], tuple(bool(x) for x in core.layer_sources(grown["map"])[1]), tuple(masked)
+
+
+def _head_mask_errors(m_old, masked) -> str | None:
+  """Why MSG's head mask (m on a new head's q, k and v) cannot apply to add_heads on `m_old` (`masked`: the Ramp's
+  entries for W_Q, W_K, W_V), or None: each new query head needs a new kv group of its own heads."""
+  if m_old.qk_norm:
+    return ("QK-norm undoes MSG's mask on the new heads' q and k (norm(m·q) = q): drop ramp_steps or "
+            "model.qk_norm")
+  (_, _, new_q), (_, _, new_kv), _ = masked
+  R = len(new_q) // len(new_kv)  # the grown model's heads per kv group
+  if any(new_q[h] != new_kv[h // R] for h in range(len(new_q))):
+    R_old = m_old.num_heads // (m_old.num_kv_heads or m_old.num_heads)
+    return (f"new heads join old kv groups, whose k and v the old heads share, so MSG's mask on the new heads' k "
+            f"and v cannot apply: add whole kv groups (num_heads = {R_old}·num_kv_heads) or drop ramp_steps")
+  return None
 
 
 def plan(config) -> list[Phase]:
@@ -216,15 +317,22 @@ def plan(config) -> list[Phase]:
   phases = [Phase(0, config, None, *schedules[0])]
   for k, ev in enumerate(events, 1):
     try:
-      grown, new_layers = _grown_model(config, phases[-1].config.model, ev)
+      grown, new_layers, masked = _grown_model(config, phases[-1].config.model, ev)
     except (ConfigError, TypeError) as e:
       raise ConfigError(f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']}): {e}") from None
     ramp = None
     if ev["ramp_steps"]:
-      if not any(new_layers):
-        raise ConfigError(f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']}): ramp_steps fades in new "
-                          f"layers and {ev['op']} adds none (width masks are not implemented): drop ramp_steps")
-      ramp = Ramp(ev["step"], ev["ramp_steps"], new_layers)
+      where = f"growth.events[{k - 1}] ({ev['op']} at step {ev['step']})"
+      if ev["op"] == "split_mlp":
+        raise ConfigError(f"{where}: split_mlp's new units are copies that already compute the small model's "
+                          "function (nothing to fade in; MSG masks fresh units): drop ramp_steps")
+      if not any(new_layers) and not masked:
+        raise ConfigError(f"{where}: ramp_steps fades in new layers (the depth operators), new MLP units "
+                          f"(expand_mlp) and new heads (add_heads); {ev['op']}'s new hidden dims have no mask "
+                          "(not implemented): drop ramp_steps")
+      if ev["op"] == "add_heads" and (why := _head_mask_errors(phases[-1].config.model, masked)):
+        raise ConfigError(f"{where}: {why}")
+      ramp = Ramp(ev["step"], ev["ramp_steps"], new_layers, masked)
     c = ml_collections.ConfigDict(config.to_dict())
     c.model = grown
     phases.append(Phase(ev["step"], c, ev, *schedules[k], ramp))
@@ -257,24 +365,35 @@ def grow_opt_state(policy: str, old_opt_state, new_params_abstract, index_map):
              equal to `tx.init(new_params)` for jaxtrain's optimizers.
   copy:      MSG (`transfer_states`, new blocks in new param groups): every old entry's moments moved with it,
              0 for new entries and for copies (a stacked layer's repeats, a split unit's copies: core.repeats),
-             counts kept. MSG's PyTorch AdamW keeps a count per parameter, so its new blocks also restart their
-             bias correction at 0; optax's one shared count cannot, so (with the count past ~100 steps) their k-th
-             update is (1 − β1^k)/√(1 − β2^k) times MSG's: 0.447 at k = 1, 1.10 at k = 20, ≈ 1 from k ≈ 100 (β =
-             (0.9, 0.95)).
+             counts kept. MSG's PyTorch AdamW keeps a count per parameter, so its new blocks restart their bias
+             correction at 0 and its old blocks go on: a run with a depth event under copy uses AdamW with a count
+             per layer (optim.layer_counts, optim.ScaleByAdamLayersState), whose new layers (core.layer_sources)
+             get count 0 here and old layers keep theirs, so every update is MSG's. Width growth keeps each
+             tensor's count, as MSG does (it expands its tensors and their state in place, `transfer_states`).
   duplicate: as copy, but a copy takes its source's moments too (staged training's depth growth, Shen et al. 2022):
-             the moments follow the values' index map exactly.
+             the moments follow the values' index map exactly, and a copied layer its source's count.
   Moments are moved, not rescaled with the parameters. Every subtree of the state shaped like the parameters is a
-  moment; other leaves are counts.
+  moment; other leaves are counts (a per-layer count follows the layers).
   """
   if policy not in POLICIES:
     raise ConfigError(f"optimizer growth policy {policy!r} is not one of {POLICIES}")
+  index_map_in = index_map
   if policy == "copy":
     index_map = core.without_copies(index_map)
   is_map = lambda x: isinstance(x, core.AxisMap)
   structure = jax.tree.structure(index_map, is_leaf=is_map)
   is_moment = lambda x: isinstance(x, dict) and jax.tree.structure(x) == structure
 
+  def layer_count(count_L):  # ScaleByAdamLayersState's: new layers 0 (copy), copies their source's (duplicate)
+    src, new = core.layer_sources(index_map_in)
+    if policy == "reset":
+      return jnp.zeros(src.shape, count_L.dtype)
+    keep = src >= 0 if policy == "duplicate" else ~new
+    return jnp.where(keep, count_L[np.maximum(src, 0)], 0).astype(count_L.dtype)
+
   def one(x):
+    if isinstance(x, optim.ScaleByAdamLayersState):
+      return optim.ScaleByAdamLayersState(one(x.count), layer_count(x.layer_count), one(x.mu), one(x.nu))
     if is_moment(x):
       if policy == "reset":
         return jax.tree.map(lambda a, n: jnp.zeros(n.shape, a.dtype), x, new_params_abstract)
@@ -282,7 +401,8 @@ def grow_opt_state(policy: str, old_opt_state, new_params_abstract, index_map):
                           new_params_abstract, is_leaf=is_map)
     return jnp.zeros_like(x) if policy == "reset" else x
 
-  return jax.tree.map(one, old_opt_state, is_leaf=is_moment)
+  is_layers = lambda x: isinstance(x, optim.ScaleByAdamLayersState)
+  return jax.tree.map(one, old_opt_state, is_leaf=lambda x: is_moment(x) or is_layers(x))
 
 
 def grow_state(phases: list[Phase], k: int, state: dict, batches=None) -> dict:
@@ -293,7 +413,7 @@ def grow_state(phases: list[Phase], k: int, state: dict, batches=None) -> dict:
   kept; FP8 delayed scaling's scales and histories start afresh for the new shapes.
   """
   ev, m_old, m_new = phases[k].event, phases[k - 1].config.model, phases[k].config.model
-  args = {n: ev[n] for n in op_args(ev["op"]) if n in ev}
+  args = event_args(ev)
   with jax.ensure_compile_time_eval():  # a concrete key inside the trainer's jit: split_mlp draws its map from it
     key = event_key(phases[0].config.seed, k)
   _, params, index_map = apply(m_old, state["params"], ev["op"], args, key, batches, with_index_map=True)

@@ -8,6 +8,8 @@ G→direct in Du et al. 2024):
 
     expand_mlp       #1  F -> F̂: new W_in columns fresh, new W_down rows 0                       FP
     add_heads        #2  H -> Ĥ (and G -> Ĝ kv groups): new heads fresh, their W_O rows 0         FP
+    (either with fresh_write: the new write rows fresh too, as MSG draws every new entry: FP only under its
+    mask ramp, a growth event's ramp_steps, which scales the new units' input columns by m = 0 → 1)
     expand_head_dim  #3+#4  K -> K̂ (q, k and v share head_dim here): new W_K, W_O entries 0,
                          old W_K ×√(K̂/K) for the softmax's 1/√K                                  FP iff K̂ = c·K (RoPE)
     expand_d_model   #5  D -> D̂: new embedding, W_O, W_down columns 0, norm gains ×√(D/D̂),
@@ -33,17 +35,20 @@ from jaxtrain.config import ConfigError
 from jaxtrain.growth import core
 
 
-def expand_mlp(m, params, key: jax.Array, *, mlp_dim: int, with_index_map=False):
+def expand_mlp(m, params, key: jax.Array, *, mlp_dim: int, fresh_write: bool = False, with_index_map=False):
   """Gesmundo & Maile #1: F -> F̂ MLP units; new W_in columns fresh, new W_down rows 0.
 
   The MLP's output Σ_f W_down[f] φ(x W_in[:, f]) gains terms 0·φ(...): unchanged, so it is exact for every
-  placement, norm kind, SwiGLU and GELU.
+  placement, norm kind, SwiGLU and GELU. `fresh_write`: the new W_down rows from the init too, as MSG's new units
+  (Yao et al., ICLR 2024; github.com/cofe-ai/MSG, model_ex/utils_ex_v2.py, expand_linear draws every new entry),
+  exact only under a growth event's mask ramp (`ramp_steps`, where it is the default), which scales the new W_in
+  columns by m = 0 → 1: MSG's gelu(m·h) (growth/events.py).
   """
   F = cfg_lib.mlp_dim(m)
   if mlp_dim <= F:
     raise ConfigError(f"expand_mlp: mlp_dim={mlp_dim} must exceed the model's {F}")
   return core.transfer(m, params, core.grown_config(m, mlp_dim=mlp_dim), key, {"mlp": core.pad(F, mlp_dim)},
-                       zero=core.blocks_paths(m, "down"), with_index_map=with_index_map)
+                       zero=() if fresh_write else core.blocks_paths(m, "down"), with_index_map=with_index_map)
 
 
 def split_mlp(m, params, key: jax.Array, *, mlp_dim: int, noise: float = 0.0, with_index_map=False):
@@ -85,12 +90,15 @@ def split_mlp(m, params, key: jax.Array, *, mlp_dim: int, noise: float = 0.0, wi
   return (out[0], new_params, *out[2:])
 
 
-def add_heads(m, params, key: jax.Array, *, num_heads: int, num_kv_heads: int | None = None, with_index_map=False):
+def add_heads(m, params, key: jax.Array, *, num_heads: int, num_kv_heads: int | None = None,
+              fresh_write: bool = False, with_index_map=False):
   """Gesmundo & Maile #2 with grouped-query heads: H -> Ĥ query heads in Ĝ kv groups; new W_O rows 0.
 
   Query head h serves kv group ⌊h/R⌋, R = H/G; old head (g, r) moves to g·R̂ + r so it keeps its group. New
   heads join existing groups (R̂ > R) and/or come with new groups (Ĝ > G; fresh W_K, W_V). `num_kv_heads`
-  defaults to G (MHA models stay MHA). Exact for every placement, with or without QK-norm.
+  defaults to G (MHA models stay MHA). Exact for every placement, with or without QK-norm. `fresh_write`: the
+  new W_O rows from the init too, as MSG's new heads, exact only under a growth event's mask ramp (m on the new
+  heads' q, k and v; new heads in new kv groups only, no QK-norm: growth/events.py).
   """
   H, G, K = m.num_heads, cfg_lib.num_kv_heads(m), cfg_lib.head_dim(m)
   G2 = num_heads if m.num_kv_heads is None and num_kv_heads is None else (num_kv_heads or G)
@@ -109,7 +117,7 @@ def add_heads(m, params, key: jax.Array, *, num_heads: int, num_kv_heads: int | 
   new_m = core.grown_config(m, num_heads=num_heads, num_kv_heads=None if m.num_kv_heads is None and num_kv_heads is None
                             else G2, head_dim=K)
   return core.transfer(m, params, new_m, key, {"heads": heads, "kv_heads": core.pad(G, G2)},
-                       zero=core.blocks_paths(m, "wo"), with_index_map=with_index_map)
+                       zero=() if fresh_write else core.blocks_paths(m, "wo"), with_index_map=with_index_map)
 
 
 def rope_exact_map(K: int, K2: int) -> np.ndarray:
