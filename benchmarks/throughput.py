@@ -82,6 +82,8 @@ def parse_args(argv=None):
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
   p.add_argument("--attention", default="auto", choices=("auto", "blocked", "xla", "cudnn"), help="model.attention")
   p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True, help="scan_layers")
+  p.add_argument("--docs", type=int, default=0, help="documents per row, kept apart by data.document_mask (the "
+                 "default job's setting); 0: causal rows, document_mask off (what --compare-torch's peers run)")
   p.add_argument("--compare-torch", action="store_true",
                  help="run this and benchmarks/torch_reference.py (eager, compile) in turn; one table (float32 only)")
   p.add_argument("--rounds", type=int, default=3, help="--compare-torch: rounds of the three runs")
@@ -115,7 +117,7 @@ def make_config(args):
   c.model.update(d_model=args.d_model, num_layers=args.layers, num_heads=args.heads, vocab_size=args.vocab,
                  compute_dtype=args.dtype, remat=args.remat, scan_layers=args.scan, attention=args.attention,
                  max_seq_len=max(args.seq, c.model.max_seq_len))
-  c.data.seq_len = args.seq
+  c.data.update(seq_len=args.seq, document_mask=args.docs > 0)
   steps = args.warmup + args.steps + 1
   c.train.update(global_batch=args.batch, steps=steps)
   c.optim.warmup_steps = min(c.optim.warmup_steps, steps)
@@ -138,6 +140,7 @@ def main(argv=None) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from jaxtrain import config as cfg_lib, flops, model, preflight, sharding  # pylint: disable=g-import-not-at-top
+  from jaxtrain.data import packing  # pylint: disable=g-import-not-at-top
   train = import_train()
 
   config = make_config(args)
@@ -165,14 +168,20 @@ def main(argv=None) -> dict:
   print(f"model:    d_model {m.d_model}, {m.num_layers} layers, {m.num_heads} heads, mlp {m.mlp} {F}, "
         f"vocab {m.vocab_size}, {m.norm.kind} ({m.norm.placement}), tied={m.tie_embeddings}, "
         f"scan={m.scan_layers}, remat={m.remat}, compute {m.compute_dtype}; {n_params / 1e6:.2f}M parameters")
-  print(f"batch:    {t.global_batch} x {config.data.seq_len} tokens, AdamW (jaxtrain.optim.make)")
+  print(f"batch:    {t.global_batch} x {config.data.seq_len} tokens, AdamW (jaxtrain.optim.make)"
+        + (f", {args.docs} documents per row (data.document_mask)" if args.docs else ", causal rows"))
   state = prog.init(jax.random.key(config.seed))
   jitted = prog.train_step.jitted
 
   rng = np.random.default_rng(0)
   def random_batch():
-    tok = rng.integers(0, m.vocab_size, (t.global_batch, config.data.seq_len + 1), dtype=np.int32)
-    return {k: jax.device_put(v, batch_sh) for k, v in (("inputs", tok[:, :-1]), ("targets", tok[:, 1:]))}
+    tok = rng.integers(1, m.vocab_size, (t.global_batch, config.data.seq_len + 1), dtype=np.int32)
+    for row in tok if args.docs else ():  # docs - 1 end-of-document tokens (id 0) per row, at random places
+      row[rng.choice(config.data.seq_len, args.docs - 1, replace=False)] = 0
+    fields = {"inputs": tok[:, :-1], "targets": tok[:, 1:]}
+    if args.docs:
+      fields["segment_ids"], fields["weights"] = packing.segments(tok, eos_id=0)
+    return {k: jax.device_put(v, batch_sh) for k, v in fields.items()}
   batches = [random_batch() for _ in range(4)]
 
   # ------------------------------------------------ ceiling, measured before and after the steps (the best counts)

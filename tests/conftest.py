@@ -54,7 +54,7 @@ def tiny(data_dir):
 # (docs/testing.md has the table). `make test` runs everything.
 SLOW_FILES = {
     "test_multihost.py", "test_growth.py", "test_growth_loop.py", "test_grow_cli.py", "test_hf.py",
-    "test_compile.py", "test_bucket.py", "test_grokking.py", "test_run.py", "test_malloc.py",
+    "test_compile.py", "test_bucket.py", "test_grokking.py", "test_run.py", "test_malloc.py", "test_benchmarks.py",
 }
 SLOW_TESTS = {
     "test_cli.py": {"test_two_local_processes_form_one_8_device_mesh"},
