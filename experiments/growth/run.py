@@ -188,17 +188,19 @@ def _enough(values):
                                                    None, f"n={n}")
 
 
-def below(values, threshold: float = 0.0, *, yes="yes", no="no", unresolved="within the spread") -> report.Verdict:
-  """Whether the mean over seeds is below `threshold` by more than one sample sd (yes), above it by more than one sd
-  (no), or neither (unresolved): report.at_most / at_least on mean ± sd, so it can come out every way."""
+def below(values, threshold: float = 0.0, *, yes="yes", no="no", unresolved="within seed noise") -> report.Verdict:
+  """Whether the mean over seeds is below `threshold`: yes when the 95% t-interval of the mean (each value a per-seed
+  paired difference, so this is `report.compare`'s rule) lies below it, no when it lies above, else unresolved;
+  so it can come out every way."""
   if (short := _enough(values)) is not None:
     return short
-  mean, sd, _ = report.mean_spread(values)
-  if report.at_most([mean + sd], threshold).agrees:
-    return report.Verdict(yes, True, f"mean + sd = {mean + sd:+.4f} < {threshold:g}")
-  if report.at_least([mean - sd], threshold).agrees:
-    return report.Verdict(no, False, f"mean − sd = {mean - sd:+.4f} > {threshold:g}")
-  return report.Verdict(unresolved, None, f"{mean:+.4f} ± {sd:.4f} straddles {threshold:g}")
+  d = report.difference(values, [threshold] * len(values))
+  text = f"mean {d.mean + threshold:+.4f} (95% CI {d.lo + threshold:+.4f} to {d.hi + threshold:+.4f}, {d.n} seeds)"
+  if d.hi < 0:
+    return report.Verdict(yes, True, text)
+  if d.lo > 0:
+    return report.Verdict(no, False, text)
+  return report.Verdict(unresolved, None, text)
 
 
 def verdicts(per):
@@ -206,8 +208,8 @@ def verdicts(per):
 
   The evidence per seed: a grown run against the scratch run of its seed at the budget, its validation-loss gap
   (grown − scratch, always defined) and its speed-up at the scratch run's final validation loss (None where not
-  reached). "Beats scratch" means the gap's mean + sd < 0 over seeds; "worse" means its mean − sd > 0; else the
-  two are within the seeds' spread.
+  reached). "Beats scratch" means the 95% interval of the gap's mean over seeds lies below 0; "worse" means it lies
+  above 0; else the two are within seed noise (`below`).
   """
   final = [x["speedups"]["eval"][-1]["runs"] for x in per if x["speedups"].get("eval")]
   if not final:
@@ -242,7 +244,7 @@ def verdicts(per):
   if gaps("width_x25"):  # "≈ or worse": refuted only when the width path beats scratch beyond the spread
     v = below(gaps("width_x25"))
     if not v.label.startswith("not judged"):
-      v = report.Verdict({True: "no", False: "yes", None: "yes (within the spread)"}[v.agrees], v.agrees is not True,
+      v = report.Verdict({True: "no", False: "yes", None: "yes (within seed noise)"}[v.agrees], v.agrees is not True,
                          v.text)
     out.append((cfg.CLAIMS["width"], f"Gesmundo FP width path {desc('width_x25')}", v))
   if len(stacks) == 3:  # the IsoFLOP curve: loss at the budget against d, per seed: is 25% the lowest?
