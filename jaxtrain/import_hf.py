@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from jaxtrain import hf
+from jaxtrain import hf, paths
 from jaxtrain.config import ConfigError
 
 USAGE = ("python -m jaxtrain.import_hf --from=HF_DIR --config=CONFIG[:ARG] --workdir=DIR [--config.<field>=<value> ...]"
@@ -84,7 +84,7 @@ def check_tokenizer(source: str, data_cfg, vocab_size: int) -> None:
   if spec == "byte":
     if own is None:
       log.warning("%s has no tokenizer: the byte tokenizer is assumed to be the model's", source)
-    elif own == tok_model or not hf.is_byte_tokenizer_json(open(tok_json, encoding="utf-8").read()):
+    elif own == tok_model or not hf.is_byte_tokenizer_json(paths.resolve(tok_json).read_text(encoding="utf-8")):
       raise ConfigError(f"the model in {source} has a tokenizer of its own, not jaxtrain's byte tokenizer: {fix} "
                         "(and model.vocab_size follows the model)")
   elif own == tok_model:
