@@ -175,15 +175,8 @@ def test_muon_on_a_mesh_equals_one_device(tiny):
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 devices (tests/conftest.py simulates them)")
   c = muon_config(tiny)
-  params, grads, axes = tree_of(c)
-  tx, _ = optim.make(c, axes)
-  update = jax.jit(lambda g, s, p: tx.update(g, s, p, step=jnp.int32(3)))
-  want, _ = update(grads, tx.init(params), params)
-  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2}, jax.devices()[:8])
-  with jax.set_mesh(mesh):
-    place = lambda t: jax.device_put(t, sharding.shardings(mesh, axes))
-    p8 = place(params)
-    got, _ = update(place(grads), tx.init(p8), p8)
+  from test_optim import updates_on_one_device_and_a_mesh  # pylint: disable=import-outside-toplevel
+  want, got, _ = updates_on_one_device_and_a_mesh(c, *tree_of(c), step=3)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
 
 

@@ -259,13 +259,20 @@ def test_mus_lion_orthograd_on_a_mesh_equals_one_device(tiny):
   c = tiny(optim__name="lion", optim__lr_rule="mus", optim__weight_decay=1e-3, optim__weight_decay_mode="independent",
            optim__orthograd=True, model__mus__d_base=16)
   params, grads, axes = tiny_tree(c)
+  want, got, p8 = updates_on_one_device_and_a_mesh(c, params, grads, axes, step=7)
+  assert p8["blocks"]["mlp"]["wi"]["w"].addressable_shards[0].data.size < params["blocks"]["mlp"]["wi"]["w"].size // 4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, want)
+
+
+def updates_on_one_device_and_a_mesh(c, params, grads, axes, step: int):
+  """(one device's update, the update jitted on an FSDP 4 × TP 2 mesh of 8 devices, the params placed there) of
+  config c's optimizer at `step`, from a fresh state."""
   tx, _ = optim.make(c, axes)
-  update = jax.jit(lambda g, s, p: tx.update(g, s, p, step=jnp.int32(7)))
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p, step=jnp.int32(step)))
   want, _ = update(grads, tx.init(params), params)
   mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2}, jax.devices()[:8])
   with jax.set_mesh(mesh):
     place = lambda t: jax.device_put(t, sharding.shardings(mesh, axes))
     p8 = place(params)
-    assert p8["blocks"]["mlp"]["wi"]["w"].addressable_shards[0].data.size < params["blocks"]["mlp"]["wi"]["w"].size // 4
     got, _ = update(place(grads), tx.init(p8), p8)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, want)
+  return want, got, p8
