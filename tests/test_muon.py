@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jaxtrain import config as cfg_lib
-from jaxtrain import model, muon, optim, preflight, sharding, train
+from jaxtrain import model, muon, optim, preflight, train
 
 ONE = jax.devices()[:1]
 A, B, C = 3.4445, -4.7750, 2.0315  # Keller Jordan's quintic (https://github.com/KellerJordan/Muon)
